@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Private PostgreSQL and MariaDB instances for swivel's tests and demo.
+#
+#   testbed/testbed.sh start    install missing server packages, init, start (idempotent)
+#   testbed/testbed.sh stop     stop both instances, keep their data
+#   testbed/testbed.sh wipe     stop both instances and delete their data
+#   testbed/testbed.sh status   say what runs where
+#
+# PostgreSQL: 127.0.0.1:55432, wal_level=logical, database swivel, user postgres (trust).
+# MariaDB:    127.0.0.1:33306, binlog ROW / FULL, database swivel, user root (no password).
+# Data lives under $SWIVEL_TESTBED_DIR (default: <repo>/testbed/data). The machine's own
+# services on the standard ports are never touched.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+base=${SWIVEL_TESTBED_DIR:-$here/data}
+pg_port=${SWIVEL_PG_PORT:-55432}
+my_port=${SWIVEL_MYSQL_PORT:-33306}
+pg_dir=$base/pg
+my_dir=$base/mariadb
+
+log() { echo "testbed: $*" >&2; }
+
+apt_install() {
+    log "installing $* from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # Don't let the packages' own services start on the standard ports.
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+}
+
+pg_bin() {
+    local d
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+    done
+    return 1
+}
+
+ensure_binaries() {
+    local need=()
+    pg_bin >/dev/null || need+=(postgresql)
+    command -v mariadbd >/dev/null || command -v mysqld >/dev/null || need+=(mariadb-server)
+    command -v mariadb >/dev/null || command -v mysql >/dev/null || need+=(mariadb-client)
+    command -v psql >/dev/null || need+=(postgresql-client)
+    if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+}
+
+# PostgreSQL refuses to run as root: run it as the postgres OS user when we are root.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_running() { as_pg "$(pg_bin)/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1; }
+
+start_pg() {
+    local bin; bin=$(pg_bin)
+    mkdir -p "$pg_dir"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$pg_dir"; chmod 755 "$base"; fi
+    if [ ! -f "$pg_dir/data/PG_VERSION" ]; then
+        log "initdb PostgreSQL in $pg_dir/data"
+        as_pg "$bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$pg_dir/initdb.log" 2>&1
+    fi
+    if ! pg_running; then
+        as_pg "$bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
+            -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c wal_level=logical \
+                -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=200 \
+                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                -c shared_buffers=256MB -c max_wal_size=4GB" start >/dev/null 9>&-
+    fi
+    if ! psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='swivel'" | grep -q 1; then
+        psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -qc "CREATE DATABASE swivel" >/dev/null
+    fi
+    log "PostgreSQL ready: postgres://postgres@127.0.0.1:$pg_port/swivel"
+}
+
+my_server() { command -v mariadbd || command -v mysqld; }
+my_client() { command -v mariadb || command -v mysql; }
+my_running() { [ -S "$my_dir/mysqld.sock" ] && "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; }
+
+start_mariadb() {
+    mkdir -p "$my_dir"
+    if [ ! -d "$my_dir/data/mysql" ]; then
+        log "installing MariaDB system tables in $my_dir/data"
+        local install; install=$(command -v mariadb-install-db || command -v mysql_install_db)
+        "$install" --no-defaults --datadir="$my_dir/data" --user="$(id -un)" --auth-root-authentication-method=normal \
+            >"$my_dir/install.log" 2>&1
+    fi
+    if ! my_running; then
+        "$(my_server)" --no-defaults --datadir="$my_dir/data" --socket="$my_dir/mysqld.sock" \
+            --port="$my_port" --bind-address=127.0.0.1 --user="$(id -un)" \
+            --log-bin="$my_dir/data/binlog" --binlog-format=ROW --binlog-row-image=FULL \
+            --binlog-row-metadata=FULL --server-id=1 --pid-file="$my_dir/mysqld.pid" \
+            --log-error="$my_dir/error.log" --innodb-buffer-pool-size=256M \
+            --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 >/dev/null 2>&1 9>&- &
+        local i
+        for i in $(seq 1 120); do my_running && break; sleep 0.25; done
+        my_running || { log "MariaDB did not start; see $my_dir/error.log"; tail -20 "$my_dir/error.log" >&2; exit 1; }
+    fi
+    "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot <<SQL
+DELETE FROM mysql.global_priv WHERE User='';
+FLUSH PRIVILEGES;
+CREATE USER IF NOT EXISTS 'root'@'127.0.0.1';
+GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+CREATE DATABASE IF NOT EXISTS swivel;
+SQL
+    log "MariaDB ready: mysql://root@127.0.0.1:$my_port/swivel"
+}
+
+stop_all() {
+    if [ -f "$pg_dir/data/PG_VERSION" ] && pg_bin >/dev/null && pg_running; then
+        as_pg "$(pg_bin)/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null
+        log "PostgreSQL stopped"
+    fi
+    if [ -f "$my_dir/mysqld.pid" ]; then
+        local pid; pid=$(cat "$my_dir/mysqld.pid")
+        kill "$pid" 2>/dev/null || true
+        local i
+        for i in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        rm -f "$my_dir/mysqld.pid"
+        log "MariaDB stopped"
+    fi
+}
+
+case "${1:-start}" in
+    start)
+        ensure_binaries
+        mkdir -p "$base"
+        # One start at a time (tests may call this concurrently).
+        exec 9>"$base/.lock"
+        flock 9
+        start_pg
+        start_mariadb
+        ;;
+    stop) stop_all ;;
+    wipe) stop_all; rm -rf "$base"; log "data removed" ;;
+    status)
+        if [ -f "$pg_dir/data/PG_VERSION" ] && pg_running; then echo "postgres: running on 127.0.0.1:$pg_port"; else echo "postgres: stopped"; fi
+        if my_running; then echo "mariadb: running on 127.0.0.1:$my_port"; else echo "mariadb: stopped"; fi
+        ;;
+    *) echo "usage: $0 start|stop|wipe|status" >&2; exit 2 ;;
+esac
