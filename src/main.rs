@@ -1,1 +1,197 @@
-fn main(){}
+//! The `swivel` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use swivel::migrate::Outcome;
+use swivel::progress::format_duration;
+use swivel::RunOptions;
+
+#[derive(Parser)]
+#[command(name = "swivel", version, about = "Online schema changes for PostgreSQL (MySQL/MariaDB next)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Plan (and with --execute, run) an online ALTER TABLE.
+    Run(RunArgs),
+    /// Remove what a crashed run left behind (shadow table, publication, slot).
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Args)]
+struct Target {
+    /// Connection URL, e.g. postgres://user@host:5432/db. Put no password here: other users
+    /// see the process list. Use PGPASSWORD or --password-file.
+    #[arg(long)]
+    dsn: String,
+    /// A file whose first line is the password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// The table, as [schema.]name.
+    #[arg(long)]
+    table: String,
+}
+
+impl Target {
+    fn password(&self) -> anyhow::Result<Option<String>> {
+        self.password_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --password-file {}", path.display()))
+                    .map(|s| s.lines().next().unwrap_or("").to_string())
+            })
+            .transpose()
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: Target,
+    /// What follows `ALTER TABLE name`, e.g. "ALTER COLUMN k TYPE bigint".
+    #[arg(long)]
+    alter: String,
+    /// Run the migration. Without it, swivel only plans and checks.
+    #[arg(long)]
+    execute: bool,
+    /// Rows in the first chunk; later chunks are sized to --target-chunk-time.
+    #[arg(long, default_value_t = 1000)]
+    chunk_size: u64,
+    /// Time each chunk should take, e.g. 500ms.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    target_chunk_time: Duration,
+    /// Upper bound on rows copied per second.
+    #[arg(long)]
+    max_rows_per_second: Option<u32>,
+    /// How long cut-over waits for its lock (and for the stream to drain) per attempt.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    cut_over_lock_timeout: Duration,
+    /// Cut-over attempts after the first.
+    #[arg(long, default_value_t = 10)]
+    cut_over_retries: u32,
+    /// Replication lag under which cut-over may start, e.g. 1500ms.
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
+    max_lag_millis: Duration,
+    /// Drop the old table after a successful cut-over (default: keep it as _<table>_old).
+    #[arg(long)]
+    drop_old_table: bool,
+    /// Seconds between progress lines.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    progress_interval: Duration,
+}
+
+#[derive(Args)]
+struct CleanupArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let value: f64 = number.parse().map_err(|_| format!("`{s}` is not a duration like 500ms or 2s"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("`{s}`: use ms, s or m")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWIVEL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swivel: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Cleanup(args) => {
+            let password = args.target.password()?;
+            let removed = swivel::postgres::cleanup_leftovers(
+                &args.target.dsn,
+                password.as_deref(),
+                &args.target.table,
+            )
+            .await?;
+            if removed.is_empty() {
+                println!("nothing to clean up for {}", args.target.table);
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut opts = RunOptions::new(&args.target.dsn, &args.target.table, &args.alter);
+    opts.password = args.target.password()?;
+    opts.execute = args.execute;
+    opts.chunk_size = args.chunk_size;
+    opts.target_chunk_time = args.target_chunk_time;
+    opts.max_rows_per_second = args.max_rows_per_second;
+    opts.cut_over_lock_timeout = args.cut_over_lock_timeout;
+    opts.cut_over_retries = args.cut_over_retries;
+    opts.max_lag = args.max_lag_millis;
+    opts.drop_old_table = args.drop_old_table;
+    opts.progress_interval = Some(args.progress_interval);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("swivel: interrupted, cleaning up");
+    };
+    match swivel::run(opts, shutdown).await? {
+        Outcome::Planned(plan) => {
+            for line in &plan.lines {
+                println!("{line}");
+            }
+            println!("checks passed; nothing was changed (add --execute to run it)");
+        }
+        Outcome::MetadataOnly(plan) => {
+            for line in &plan.lines {
+                println!("{line}");
+            }
+            println!("done: the change ran directly, no copy needed");
+        }
+        Outcome::Migrated(stats) => {
+            for line in &stats.plan.lines {
+                println!("{line}");
+            }
+            let rate = stats.rows_copied as f64 / stats.copy_time.as_secs_f64().max(1e-9);
+            println!(
+                "done: {} rows copied in {} ({:.0} rows/s), {} changes replayed, cut-over held the lock {:.1}ms (attempt {}), total {}",
+                stats.rows_copied,
+                format_duration(stats.copy_time),
+                rate,
+                stats.changes_applied,
+                stats.cutover.lock_held.as_secs_f64() * 1000.0,
+                stats.cutover.attempts,
+                format_duration(stats.total_time),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! The row copier: key-ordered chunks, sized to a target time per chunk, under a rate limit.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::progress::Progress;
+use crate::watermark::Watermark;
+
+const MIN_CHUNK: u64 = 100;
+const MAX_CHUNK: u64 = 200_000;
+
+/// Adjusts the chunk size so that each chunk takes about the target time.
+#[derive(Debug)]
+pub struct ChunkTuner {
+    size: u64,
+    target: Duration,
+    max: u64,
+}
+
+impl ChunkTuner {
+    pub fn new(initial: u64, target: Duration, max: u64) -> Self {
+        let max = max.clamp(MIN_CHUNK, MAX_CHUNK);
+        ChunkTuner { size: initial.clamp(MIN_CHUNK, max), target, max }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Feed back how long a chunk of `rows` took. Grows at most 2x and shrinks at most 4x per
+    /// step, so one slow chunk (a checkpoint, a lock) does not swing it wildly.
+    pub fn observe(&mut self, rows: u64, took: Duration) {
+        if rows < self.size / 2 || took.is_zero() {
+            return; // a short final chunk says little about the rate
+        }
+        let ratio = self.target.as_secs_f64() / took.as_secs_f64();
+        let next = (self.size as f64 * ratio.clamp(0.25, 2.0)) as u64;
+        self.size = next.clamp(MIN_CHUNK, self.max);
+    }
+}
+
+/// Copy the whole table, publishing each chunk's range through the watermark.
+pub async fn copy_table<B: Backend>(
+    backend: &mut B,
+    watermark: &Watermark,
+    progress: &Progress,
+    initial_chunk: u64,
+    target: Duration,
+    max_rows_per_second: Option<u32>,
+) -> Result<()> {
+    let limiter: Option<DefaultDirectRateLimiter> = max_rows_per_second
+        .and_then(NonZeroU32::new)
+        .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
+    // A chunk can never wait for more rows than the limiter's burst holds.
+    let max = max_rows_per_second.map_or(MAX_CHUNK, u64::from);
+    let mut tuner = ChunkTuner::new(initial_chunk, target, max);
+    let mut after = watermark.low();
+    loop {
+        backend.check_tail()?;
+        progress.chunk_size.store(tuner.size(), Relaxed);
+        if let Some(limiter) = &limiter {
+            let n = NonZeroU32::new(tuner.size() as u32).unwrap_or(NonZeroU32::MIN);
+            // Cannot fail: the chunk size is capped at the burst size above.
+            let _ = limiter.until_n_ready(n).await;
+        }
+        let started = Instant::now();
+        let upto = backend.chunk_end(after.as_ref(), tuner.size()).await?;
+        let discarded = watermark.begin_chunk(upto.clone());
+        let rows = backend.copy_chunk(after.as_ref(), upto.as_ref(), &discarded).await?;
+        watermark.commit_chunk();
+        progress.rows_copied.fetch_add(rows, Relaxed);
+        tuner.observe(rows, started.elapsed());
+        match upto {
+            Some(key) => after = Some(key),
+            None => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuner_moves_toward_the_target_within_bounds() {
+        let mut t = ChunkTuner::new(1000, Duration::from_millis(500), MAX_CHUNK);
+        t.observe(1000, Duration::from_millis(50));
+        assert_eq!(t.size(), 2000, "fast chunks grow, at most 2x");
+        t.observe(2000, Duration::from_millis(1000));
+        assert_eq!(t.size(), 1000, "slow chunks shrink");
+        t.observe(1000, Duration::from_secs(60));
+        assert_eq!(t.size(), 250, "at most 4x per step");
+        t.observe(10, Duration::from_secs(60));
+        assert_eq!(t.size(), 250, "a short last chunk is ignored");
+        let mut capped = ChunkTuner::new(1000, Duration::from_millis(500), 1500);
+        capped.observe(1000, Duration::from_millis(1));
+        assert_eq!(capped.size(), 1500);
+    }
+}

@@ -1,0 +1,65 @@
+//! Library errors. A refusal says what is wrong and what to do; everything else carries the
+//! step that failed.
+
+use std::fmt;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The migration cannot be run safely as asked; nothing was changed.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// A database statement failed.
+    #[error("{context}: {message}")]
+    Database { context: String, message: String, code: Option<String> },
+    /// The change stream failed or sent something we cannot replay.
+    #[error("change stream: {0}")]
+    Stream(String),
+    /// The run was stopped (Ctrl-C, panic command) before it finished.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+    /// Cut-over could not take its locks or drain the stream within its retries.
+    #[error("cut-over failed: {0}")]
+    Cutover(String),
+}
+
+impl Error {
+    pub fn refused(msg: impl fmt::Display) -> Self {
+        Error::Refused(msg.to_string())
+    }
+
+    /// A PostgreSQL error with the step it happened in, showing the server's own message.
+    pub fn pg(context: impl fmt::Display, e: tokio_postgres::Error) -> Self {
+        let (message, code) = match e.as_db_error() {
+            Some(db) => {
+                let mut m = db.message().to_string();
+                if let Some(d) = db.detail() {
+                    m.push_str(&format!(" ({d})"));
+                }
+                (m, Some(db.code().code().to_string()))
+            }
+            None => (e.to_string(), None),
+        };
+        Error::Database { context: context.to_string(), message, code }
+    }
+
+    /// The SQLSTATE of a database error, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Error::Database { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Attach a context to a tokio-postgres result.
+pub trait PgContext<T> {
+    fn ctx(self, context: impl fmt::Display) -> Result<T>;
+}
+
+impl<T> PgContext<T> for std::result::Result<T, tokio_postgres::Error> {
+    fn ctx(self, context: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| Error::pg(context, e))
+    }
+}

@@ -1,0 +1,144 @@
+//! The migrator: drives a backend through plan → shadow → copy ∥ tail → cut-over → cleanup,
+//! and cleans up on every exit path.
+
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::{Backend, CutoverReport, PlanReport};
+use crate::copy::copy_table;
+use crate::error::{Error, Result};
+use crate::options::RunOptions;
+use crate::postgres::PgBackend;
+use crate::progress::{Phase, Progress};
+use crate::watermark::Watermark;
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Planned and checked only (no `--execute`).
+    Planned(PlanReport),
+    /// A change that needs no rewrite was run directly.
+    MetadataOnly(PlanReport),
+    /// Copied, replayed and swapped.
+    Migrated(MigrationStats),
+}
+
+#[derive(Debug)]
+pub struct MigrationStats {
+    pub plan: PlanReport,
+    pub rows_copied: u64,
+    pub copy_time: Duration,
+    pub changes_applied: u64,
+    pub cutover: CutoverReport,
+    pub total_time: Duration,
+}
+
+/// Run one migration as `opts` says; `shutdown` resolving (Ctrl-C) stops it and cleans up.
+pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result<Outcome> {
+    let progress = Arc::new(Progress::default());
+    let watermark = Arc::new(Watermark::new());
+    match dsn_scheme(&opts.dsn) {
+        "postgres" | "postgresql" => {
+            let mut backend =
+                PgBackend::connect(opts.clone(), progress.clone(), watermark.clone()).await?;
+            migrate(&mut backend, &opts, &progress, &watermark, shutdown).await
+        }
+        "mysql" | "mariadb" => Err(Error::refused(
+            "the MySQL/MariaDB backend is not built yet; only postgres:// targets run today",
+        )),
+        other => Err(Error::refused(format!(
+            "unknown connection URL scheme `{other}`: use postgres://user@host:port/db"
+        ))),
+    }
+}
+
+fn dsn_scheme(dsn: &str) -> &str {
+    dsn.split_once("://").map_or("", |(scheme, _)| scheme)
+}
+
+async fn migrate<B: Backend>(
+    backend: &mut B,
+    opts: &RunOptions,
+    progress: &Arc<Progress>,
+    watermark: &Watermark,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let plan = backend.plan().await?;
+    progress.rows_estimate.store(plan.estimated_rows, Relaxed);
+    if !opts.execute {
+        return Ok(Outcome::Planned(plan));
+    }
+    if plan.metadata_only {
+        backend.run_metadata_only().await?;
+        return Ok(Outcome::MetadataOnly(plan));
+    }
+
+    let reporter = opts.progress_interval.map(|every| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!("swivel: {}", progress.line());
+            }
+        })
+    });
+
+    let result = tokio::select! {
+        r = pipeline(backend, opts, progress, watermark) => r,
+        _ = shutdown => Err(Error::Interrupted("stopped by signal; the original table is untouched".into())),
+    };
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
+    let cleaned = backend.cleanup(result.is_ok()).await;
+    let (cutover, copy_time) = match (result, cleaned) {
+        (Err(e), Err(c)) => {
+            tracing::error!("cleanup after failure also failed: {c}");
+            return Err(e);
+        }
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(r), Err(c)) => {
+            // The swap is done; say what is left behind rather than fail the run.
+            tracing::warn!("the migration succeeded but cleanup failed: {c}; run `swivel cleanup`");
+            r
+        }
+        (Ok(r), Ok(())) => r,
+    };
+    progress.set_phase(Phase::Done);
+    Ok(Outcome::Migrated(MigrationStats {
+        plan,
+        rows_copied: progress.rows_copied.load(Relaxed),
+        copy_time,
+        changes_applied: progress.changes_applied.load(Relaxed),
+        cutover,
+        total_time: started.elapsed(),
+    }))
+}
+
+async fn pipeline<B: Backend>(
+    backend: &mut B,
+    opts: &RunOptions,
+    progress: &Progress,
+    watermark: &Watermark,
+) -> Result<(CutoverReport, Duration)> {
+    backend.prepare().await?;
+    progress.set_phase(Phase::Copying);
+    let copy_started = Instant::now();
+    copy_table(
+        backend,
+        watermark,
+        progress,
+        opts.chunk_size,
+        opts.target_chunk_time,
+        opts.max_rows_per_second,
+    )
+    .await?;
+    let copy_time = copy_started.elapsed();
+    progress.set_phase(Phase::CatchingUp);
+    let report = backend.cutover().await?;
+    Ok((report, copy_time))
+}

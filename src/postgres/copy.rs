@@ -1,0 +1,155 @@
+//! Keyset chunks: find where a chunk ends, then copy it with one `INSERT … SELECT … ON CONFLICT
+//! DO NOTHING` in a short REPEATABLE READ transaction whose snapshot is checked first.
+
+use std::time::Duration;
+
+use super::PgBackend;
+use crate::error::{Error, PgContext, Result};
+use crate::watermark::Key;
+
+fn key_texts(key: Option<&Key>) -> Vec<String> {
+    key.map(|k| k.iter().map(|p| p.to_sql_text()).collect()).unwrap_or_default()
+}
+
+fn params(values: &[String]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect()
+}
+
+pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
+    let table = b.table()?;
+    let source = b.names()?.source();
+    let cols: Vec<String> =
+        table.key.iter().map(|k| format!("{}::text", super::quote_ident(&k.name))).collect();
+    let order = table.key_list();
+    let filter = match after {
+        Some(_) => format!("WHERE {order} > {}", table.key_params(1)),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {} FROM ONLY {source} {filter} ORDER BY {} LIMIT 1 OFFSET {}",
+        cols.join(", "),
+        &order[1..order.len() - 1],
+        rows.saturating_sub(1)
+    );
+    let values = key_texts(after);
+    let copier = b.copier.as_ref().ok_or_else(|| Error::Stream("no copy session".into()))?;
+    let row = copier.query_opt(&sql, &params(&values)).await.ctx("finding the chunk's end")?;
+    match row {
+        None => Ok(None),
+        Some(r) => {
+            let texts: Vec<String> = (0..table.key.len()).map(|i| r.get(i)).collect();
+            table.parse_key(texts.iter().map(String::as_str)).map(Some)
+        }
+    }
+}
+
+/// Is transaction `xid` (32 bits, as pgoutput's Begin gives it) visible to a snapshot with
+/// `xmax` and in-progress list `xip` (64-bit, as pg_current_snapshot gives them)? The
+/// transaction is known to have committed.
+pub fn visible(xid: u32, xmax: u64, xip: &[u64]) -> bool {
+    let epoch = xmax >> 32;
+    let mut full = (epoch << 32) | u64::from(xid);
+    if full >= xmax && epoch > 0 {
+        full -= 1 << 32;
+    }
+    full < xmax && !xip.contains(&full)
+}
+
+pub async fn copy_chunk(
+    b: &mut PgBackend,
+    after: Option<&Key>,
+    upto: Option<&Key>,
+    discarded: &[u64],
+) -> Result<u64> {
+    let table = b.table()?;
+    let names = b.names()?;
+    let shadow = b.shadow()?;
+    let order = table.key_list();
+    let mut filter = Vec::new();
+    let mut values = Vec::new();
+    if after.is_some() {
+        filter.push(format!("{order} > {}", table.key_params(1)));
+        values.extend(key_texts(after));
+    }
+    if upto.is_some() {
+        filter.push(format!("{order} <= {}", table.key_params(values.len() + 1)));
+        values.extend(key_texts(upto));
+    }
+    let filter = if filter.is_empty() { String::new() } else { format!("WHERE {}", filter.join(" AND ")) };
+    let targets: Vec<String> = shadow.targets.iter().map(|t| super::quote_ident(t)).collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} {filter} ON CONFLICT DO NOTHING",
+        names.shadow_q(),
+        targets.join(", "),
+        shadow.exprs.join(", "),
+        names.source()
+    );
+    let copier = b.copier.as_ref().ok_or_else(|| Error::Stream("no copy session".into()))?;
+    let statement = copier.prepare(&sql).await.ctx("preparing the chunk copy")?;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        copier
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .ctx("starting a chunk")?;
+        let result: Result<Option<u64>> = async {
+            // The first statement fixes the transaction's snapshot; read it.
+            let row = copier
+                .query_one(
+                    "SELECT pg_snapshot_xmax(s)::text, ARRAY(SELECT x::text FROM pg_snapshot_xip(s) x)
+                     FROM pg_current_snapshot() s",
+                    &[],
+                )
+                .await
+                .ctx("reading the chunk's snapshot")?;
+            let xmax: u64 = row.get::<_, String>(0).parse().unwrap_or(0);
+            let xip: Vec<u64> = row.get::<_, Vec<String>>(1).iter().filter_map(|x| x.parse().ok()).collect();
+            // A transaction the applier discarded changes of has committed, but may not yet be
+            // visible to new snapshots (its commit reaches the WAL before it leaves the proc
+            // array). Read only once the snapshot sees all of them.
+            if !discarded.iter().all(|&x| visible(x as u32, xmax, &xip)) {
+                return Ok(None);
+            }
+            let n = copier.execute(&statement, &params(&values)).await.ctx("copying a chunk")?;
+            copier.batch_execute("COMMIT").await.ctx("committing a chunk")?;
+            Ok(Some(n))
+        }
+        .await;
+        match result {
+            Ok(Some(n)) => return Ok(n),
+            Ok(None) if attempt < 10_000 => {}
+            Ok(None) => {
+                let _ = copier.batch_execute("ROLLBACK").await;
+                return Err(Error::Stream("a replayed transaction never became visible to the copy".into()));
+            }
+            Err(e) if matches!(e.sqlstate(), Some("40001" | "40P01")) && attempt < 100 => {
+                tracing::debug!("chunk retried after {e}");
+            }
+            Err(e) => {
+                let _ = copier.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+        let _ = copier.batch_execute("ROLLBACK").await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::visible;
+
+    #[test]
+    fn visibility_follows_the_snapshot() {
+        assert!(visible(100, 200, &[150]));
+        assert!(!visible(150, 200, &[150]));
+        assert!(!visible(200, 200, &[]));
+        // Across an epoch: xmax in epoch 1, xid from the end of epoch 0.
+        let xmax = (1u64 << 32) + 10;
+        assert!(visible(u32::MAX, xmax, &[]));
+        assert!(visible(5, xmax, &[]));
+        assert!(!visible(5, xmax, &[(1 << 32) + 5]));
+        assert!(!visible(20, xmax, &[]));
+    }
+}

@@ -1,0 +1,169 @@
+//! Cut-over: once the applier has caught up, take ACCESS EXCLUSIVE on the table under
+//! `lock_timeout`, emit a marker into the stream, wait until the applier has applied
+//! everything before it, carry sequences and index names over, swap the names, commit.
+//! Any failure rolls back: the original table stays where it was.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use super::inspect::backoff;
+use super::{quote_ident, Names, PgBackend};
+use crate::backend::CutoverReport;
+use crate::error::{Error, PgContext, Result};
+use crate::progress::Phase;
+
+pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
+    let names = b.names()?.clone();
+    let (client, pid) = b.target.connect("cutover").await?;
+    b.pids.push(pid);
+    let (marker_client, pid) = b.target.connect("marker").await?;
+    b.pids.push(pid);
+    let swap = swap_statements(&client, b, &names).await?;
+    let tail = b.tail.as_ref().ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
+
+    // Wait for the applier to catch up, so the lock is held for milliseconds, not seconds.
+    while tail.lag() > b.opts.max_lag {
+        tail.check()?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.progress.set_phase(Phase::CuttingOver);
+    let timeout_ms = b.opts.cut_over_lock_timeout.as_millis();
+    let attempts = b.opts.cut_over_retries + 1;
+    for attempt in 1..=attempts {
+        tail.check()?;
+        client
+            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout_ms}ms'"))
+            .await
+            .ctx("starting the cut-over")?;
+        let locked = client
+            .batch_execute(&format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", names.source()))
+            .await
+            .ctx("locking the table");
+        let lock_started = Instant::now();
+        let why = match locked {
+            Err(e) if e.sqlstate() == Some("55P03") => format!("lock wait exceeded {timeout_ms}ms"),
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+            Ok(()) => {
+                // Every write to the table committed before this message: once the applier
+                // reaches it, the shadow table holds them all.
+                let marker = u64::from(attempt);
+                super::tail::emit(&marker_client, tail.prefix(), &format!("cutover:{marker}")).await?;
+                if tail.wait_marker(marker, b.opts.cut_over_lock_timeout).await? {
+                    let swapped = client.batch_execute(&swap).await.ctx("swapping the tables");
+                    match swapped {
+                        Ok(()) => {
+                            client.batch_execute("COMMIT").await.ctx("committing the cut-over")?;
+                            return Ok(CutoverReport { attempts: attempt, lock_held: lock_started.elapsed() });
+                        }
+                        Err(e) => {
+                            let _ = client.batch_execute("ROLLBACK").await;
+                            return Err(e);
+                        }
+                    }
+                }
+                format!("the applier did not drain within {timeout_ms}ms")
+            }
+        };
+        let _ = client.batch_execute("ROLLBACK").await;
+        tracing::warn!("cut-over attempt {attempt}/{attempts}: {why}; the table is released, retrying");
+        tokio::time::sleep(backoff(attempt)).await;
+    }
+    Err(Error::Cutover(format!(
+        "no attempt of {attempts} could lock the table and drain the stream within {timeout_ms}ms; the original table is untouched. Retry when the table is less busy, or raise --cut-over-lock-timeout"
+    )))
+}
+
+/// Fit a name into PostgreSQL's 63 bytes.
+fn fit(name: String) -> String {
+    let mut name = name;
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
+/// The statements run under the lock: sequences, index names, then the two renames.
+async fn swap_statements(client: &Client, b: &PgBackend, names: &Names) -> Result<String> {
+    let table = b.table()?;
+    let shadow = b.shadow()?;
+    let renamed: HashMap<&str, &str> =
+        b.alter.renames.iter().map(|(o, n)| (o.as_str(), n.as_str())).collect();
+    let to_shadow = |col: &str| renamed.get(col).copied().unwrap_or(col).to_string();
+    let mut sql = Vec::new();
+
+    // Sequences: a serial's sequence is owned by the old table and would be dropped with it;
+    // an identity column has a sequence of its own on each table: carry the position over.
+    for r in client
+        .query(
+            "SELECT s.oid::regclass::text, a.attname::text, d.deptype::text FROM pg_depend d
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+             WHERE d.classid = 'pg_class'::regclass AND d.refobjid = $1 AND d.deptype IN ('a', 'i')",
+            &[&table.oid],
+        )
+        .await
+        .ctx("reading the table's sequences")?
+    {
+        let (sequence, column, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let target = to_shadow(&column);
+        if !shadow.targets.contains(&target) {
+            continue; // the column is dropped by the ALTER
+        }
+        if kind == "a" {
+            sql.push(format!("ALTER SEQUENCE {sequence} OWNED BY {}.{}", names.shadow_q(), quote_ident(&target)));
+        } else {
+            sql.push(format!(
+                "SELECT setval(pg_get_serial_sequence({}, {}), last_value, is_called) FROM {sequence}",
+                super::quote_literal(&names.shadow_q()),
+                super::quote_literal(&target)
+            ));
+        }
+    }
+
+    // Index names: give the new table's indexes the names the application knows.
+    let indexes = |oid_sql: String| async move {
+        client
+            .query(
+                &format!(
+                    "SELECT c.relname::text, i.indisprimary, i.indisunique, am.amname::text,
+                            ARRAY(SELECT coalesce(a.attname::text, '') FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                                  LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o),
+                            coalesce(pg_get_expr(i.indexprs, i.indrelid), ''), coalesce(pg_get_expr(i.indpred, i.indrelid), '')
+                     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+                     WHERE i.indrelid = {oid_sql} ORDER BY c.oid"
+                ),
+                &[],
+            )
+            .await
+            .ctx("reading index names")
+    };
+    let old = indexes(table.oid.to_string()).await?;
+    let mut new = indexes(format!("{}::regclass", super::quote_literal(&names.shadow_q()))).await?;
+    for o in &old {
+        let cols: Vec<String> = o.get::<_, Vec<String>>(4).iter().map(|c| to_shadow(c)).collect();
+        let matches = |n: &tokio_postgres::Row| {
+            n.get::<_, bool>(1) == o.get::<_, bool>(1)
+                && n.get::<_, bool>(2) == o.get::<_, bool>(2)
+                && n.get::<_, String>(3) == o.get::<_, String>(3)
+                && n.get::<_, Vec<String>>(4) == cols
+                && n.get::<_, String>(5) == o.get::<_, String>(5)
+                && n.get::<_, String>(6) == o.get::<_, String>(6)
+        };
+        if let Some(pos) = new.iter().position(matches) {
+            let n = new.remove(pos);
+            let (old_name, new_name): (String, String) = (o.get(0), n.get(0));
+            let parked = fit(format!("_{old_name}_old"));
+            sql.push(format!("ALTER INDEX {} RENAME TO {}", names.qualified(&old_name), quote_ident(&parked)));
+            sql.push(format!("ALTER INDEX {} RENAME TO {}", names.qualified(&new_name), quote_ident(&old_name)));
+        }
+    }
+
+    sql.push(format!("ALTER TABLE {} RENAME TO {}", names.source(), quote_ident(&names.old)));
+    sql.push(format!("ALTER TABLE {} RENAME TO {}", names.shadow_q(), quote_ident(&names.table)));
+    Ok(sql.join(";\n"))
+}

@@ -1,0 +1,333 @@
+//! Plan: inspect the table and the server, refuse what cannot be done safely, try the ALTER on
+//! an empty copy inside a transaction that is rolled back.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::{quote_ident, shadow, Names, PgBackend};
+use crate::backend::PlanReport;
+use crate::error::{Error, PgContext, Result};
+use crate::watermark::{Key, KeyPart};
+
+/// How a key column's values are ordered and compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Int,
+    /// Byte order: text with the "C" collation, and uuid.
+    Text,
+}
+
+#[derive(Clone, Debug)]
+pub struct Column {
+    pub name: String,
+    /// `format_type` of the column, e.g. `character varying(20)`.
+    pub type_sql: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct KeyColumn {
+    pub name: String,
+    pub type_sql: String,
+    pub kind: KeyKind,
+    /// Position among [`TableInfo::columns`] (the order pgoutput sends).
+    pub position: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    pub oid: u32,
+    /// Replicated columns (not generated), in attribute order.
+    pub columns: Vec<Column>,
+    pub key: Vec<KeyColumn>,
+}
+
+impl TableInfo {
+    /// Parse key values given as text (from pgoutput or `::text`) into a comparable key.
+    pub fn parse_key<'a>(&self, values: impl IntoIterator<Item = &'a str>) -> Result<Key> {
+        self.key
+            .iter()
+            .zip(values)
+            .map(|(col, v)| match col.kind {
+                KeyKind::Int => v.parse::<i64>().map(KeyPart::Int).map_err(|_| {
+                    Error::Stream(format!("key column {} has a non-integer value {v:?}", col.name))
+                }),
+                KeyKind::Text => Ok(KeyPart::Text(v.to_string())),
+            })
+            .collect()
+    }
+
+    /// `("a", "b")` over the key columns, optionally qualified.
+    pub fn key_list(&self) -> String {
+        let cols: Vec<String> = self.key.iter().map(|k| quote_ident(&k.name)).collect();
+        format!("({})", cols.join(", "))
+    }
+
+    /// `($n::text::type, …)`: key values passed as text parameters starting at `$first`.
+    pub fn key_params(&self, first: usize) -> String {
+        let params: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("${}::text::{}", first + i, k.type_sql))
+            .collect();
+        format!("({})", params.join(", "))
+    }
+}
+
+async fn one_string(client: &Client, sql: &str, what: &str) -> Result<String> {
+    Ok(client.query_one(sql, &[]).await.ctx(what)?.get(0))
+}
+
+pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
+    let mut lines = Vec::new();
+    let client = &b.ctl;
+    let version = one_string(client, "SHOW server_version", "reading the server version").await?;
+    lines.push(format!("server: PostgreSQL {version} at {}", b.target.describe()));
+
+    let row = client
+        .query_opt(
+            "SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relpersistence::text,
+                    c.relrowsecurity, c.relreplident::text,
+                    EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = c.oid OR inhparent = c.oid),
+                    pg_has_role(c.relowner, 'USAGE'), greatest(c.reltuples, 0)::bigint
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)",
+            &[&b.opts.table],
+        )
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) if db.code().code() == "42602" => Error::refused(format!(
+                "--table {:?} is not a valid table name: {}",
+                b.opts.table,
+                db.message()
+            )),
+            _ => Error::pg("looking up the table", e),
+        })?
+        .ok_or_else(|| {
+            Error::refused(format!(
+                "table {} does not exist (or is not on the search_path); check --table, and \
+                 qualify it as schema.name",
+                b.opts.table
+            ))
+        })?;
+    let oid: u32 = row.get(0);
+    let names = Names::new(row.get::<_, &str>(1), row.get::<_, &str>(2), oid);
+    let relkind: &str = row.get(3);
+    let persistence: &str = row.get(4);
+    let rls: bool = row.get(5);
+    let replident: &str = row.get(6);
+    let inherits: bool = row.get(7);
+    let owner: bool = row.get(8);
+    let mut estimated_rows = row.get::<_, i64>(9).max(0) as u64;
+    let source = names.source();
+    let refuse = |why: String| Err(Error::refused(format!("{source}: {why}")));
+
+    match relkind {
+        "r" => {}
+        "p" => return refuse("is a partitioned table; migrate its partitions one by one".into()),
+        _ => return refuse("is not an ordinary table (a view, sequence or foreign table?)".into()),
+    }
+    if inherits {
+        return refuse("takes part in table inheritance, which swivel does not carry over".into());
+    }
+    match persistence {
+        "p" => {}
+        "u" => return refuse("is UNLOGGED: its changes never reach logical replication, so they cannot be replayed; use plain ALTER TABLE".into()),
+        _ => return refuse("is a temporary table; use plain ALTER TABLE".into()),
+    }
+    if !owner {
+        return refuse(
+            "is owned by another role; connect as its owner (or a member of the owning role)".into(),
+        );
+    }
+    if names.shadow.len() > 63 {
+        return refuse(format!(
+            "the name is too long: the shadow table `{}` would exceed PostgreSQL's 63-byte limit",
+            names.shadow
+        ));
+    }
+
+    let columns: Vec<Column> = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+             ORDER BY attnum",
+            &[&oid],
+        )
+        .await
+        .ctx("reading the columns")?
+        .iter()
+        .map(|r| Column { name: r.get(0), type_sql: r.get(1) })
+        .collect();
+
+    let db_collate =
+        one_string(client, "SELECT datcollate::text FROM pg_database WHERE datname = current_database()", "reading the collation").await?;
+    let key_rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
+                    coalesce(co.collname::text, '')
+             FROM pg_index i
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             JOIN pg_type t ON t.oid = a.atttypid
+             LEFT JOIN pg_collation co ON co.oid = a.attcollation
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&oid],
+        )
+        .await
+        .ctx("reading the primary key")?;
+    if key_rows.is_empty() {
+        return refuse("has no primary key; swivel copies and replays rows by key. Add one first (ALTER TABLE … ADD PRIMARY KEY USING INDEX …, after CREATE UNIQUE INDEX CONCURRENTLY)".into());
+    }
+    let mut key = Vec::new();
+    for r in &key_rows {
+        let name: String = r.get(0);
+        let type_sql: String = r.get(1);
+        let typname: &str = r.get(2);
+        let collation: &str = r.get(3);
+        let c_order = matches!(collation, "C" | "POSIX")
+            || (collation == "default" && matches!(db_collate.as_str(), "C" | "POSIX"));
+        let kind = match typname {
+            "int2" | "int4" | "int8" => KeyKind::Int,
+            "uuid" => KeyKind::Text,
+            "text" | "varchar" if c_order => KeyKind::Text,
+            "text" | "varchar" => return refuse(format!(
+                "primary key column {name} is text with collation {collation:?}, whose order swivel cannot reproduce; give the column COLLATE \"C\" or migrate with plain ALTER TABLE")),
+            _ => return refuse(format!(
+                "primary key column {name} has type {type_sql}; swivel orders keys of integer, uuid and text COLLATE \"C\" columns")),
+        };
+        let position = columns.iter().position(|c| c.name == name).ok_or_else(|| {
+            Error::refused(format!("{source}: primary key column {name} is a generated column"))
+        })?;
+        key.push(KeyColumn { name, type_sql, kind, position });
+    }
+    if !matches!(replident, "d" | "f") {
+        return refuse("has REPLICA IDENTITY NOTHING or USING INDEX; swivel needs the primary key (DEFAULT) or FULL to replay updates and deletes: ALTER TABLE … REPLICA IDENTITY DEFAULT".into());
+    }
+    if rls {
+        return refuse("has row-level security enabled; its policies are not carried over yet".into());
+    }
+
+    let list = |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
+    let views = list(client.query(
+        "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d
+         JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
+         WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = $1 AND v.oid <> $1",
+        &[&oid]).await.ctx("looking for dependent views")?);
+    if !views.is_empty() {
+        return refuse(format!("views depend on it ({}); a rename swap would leave them on the old table. Drop them and re-create them after the migration", views.join(", ")));
+    }
+    let fks = list(client.query(
+        "SELECT conname::text || ' on ' || conrelid::regclass::text FROM pg_constraint
+         WHERE contype = 'f' AND (conrelid = $1 OR confrelid = $1)",
+        &[&oid]).await.ctx("looking for foreign keys")?);
+    if !fks.is_empty() {
+        return refuse(format!("foreign keys involve it ({}); swivel does not carry foreign keys over yet. Drop them for the migration and re-add them with NOT VALID + VALIDATE afterwards", fks.join(", ")));
+    }
+    let triggers = list(client.query(
+        "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal",
+        &[&oid]).await.ctx("looking for triggers")?);
+    if !triggers.is_empty() {
+        return refuse(format!("has triggers ({}), which swivel does not carry over yet", triggers.join(", ")));
+    }
+    let leftovers = list(client.query(
+        "SELECT relname::text FROM pg_class WHERE relnamespace = to_regnamespace($1)::oid AND relname = ANY($2)
+         UNION ALL SELECT pubname::text FROM pg_publication WHERE pubname = $3
+         UNION ALL SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $3",
+        &[&names.schema, &vec![names.shadow.clone(), names.old.clone()], &names.publication]).await.ctx("looking for leftovers")?);
+    if leftovers.iter().any(|l| *l == names.old) {
+        return refuse(format!("{} exists, from an earlier migration; drop or rename it first (it is the table swivel keeps after a cut-over)", names.qualified(&names.old)));
+    }
+    if !leftovers.is_empty() {
+        return refuse(format!(
+            "leftovers of an earlier run exist ({}); if no swivel run is active on this table, remove them with `swivel cleanup --dsn … --table {}`",
+            leftovers.join(", "), b.opts.table));
+    }
+
+    if !b.alter.metadata_only {
+        let wal_level = one_string(client, "SHOW wal_level", "reading wal_level").await?;
+        if wal_level != "logical" {
+            return Err(Error::refused(format!(
+                "wal_level is {wal_level}; swivel tails changes through logical replication and needs wal_level = logical (set it in postgresql.conf and restart the server)"
+            )));
+        }
+        let replication: bool = client
+            .query_one("SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user", &[])
+            .await.ctx("reading the role's privileges")?.get(0);
+        if !replication {
+            return Err(Error::refused("the connecting role lacks the REPLICATION attribute, needed for a replication slot: ALTER ROLE … REPLICATION"));
+        }
+        let free_slots: i64 = client
+            .query_one("SELECT current_setting('max_replication_slots')::int - count(*) FROM pg_replication_slots", &[])
+            .await.ctx("counting replication slots")?.get(0);
+        if free_slots < 1 {
+            return Err(Error::refused("no free replication slot: raise max_replication_slots or drop an unused slot"));
+        }
+    }
+    if estimated_rows == 0 {
+        // Never analyzed: count, so progress and ETA mean something.
+        estimated_rows = client
+            .query_one(&format!("SELECT count(*) FROM ONLY {source}"), &[])
+            .await.ctx("counting rows")?.get::<_, i64>(0) as u64;
+    }
+
+    let table = TableInfo { oid, columns, key };
+    // Try the ALTER on an empty copy, so the server's own objections show now.
+    client
+        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'", b.opts.cut_over_lock_timeout.as_millis()))
+        .await.ctx("starting the trial transaction")?;
+    let trial = shadow::build(client, &names, &table, &b.alter).await;
+    client.batch_execute("ROLLBACK").await.ctx("rolling back the trial")?;
+    let shadow_info = trial?;
+
+    lines.push(format!("table: {source}, about {estimated_rows} rows, key {}", table.key_list()));
+    lines.push(format!("change: ALTER TABLE {source} {}", b.alter.actions));
+    if b.alter.metadata_only {
+        lines.push("the change needs no rewrite: it runs directly under lock_timeout, no copy".into());
+    } else {
+        lines.push(format!(
+            "plan: shadow table {}, publication and temporary slot {}, copy {} columns in key order, replay changes, swap names under lock_timeout {}ms ({} retries)",
+            names.shadow_q(), names.slot, shadow_info.targets.len(),
+            b.opts.cut_over_lock_timeout.as_millis(), b.opts.cut_over_retries
+        ));
+        if !shadow_info.uniques.is_empty() {
+            lines.push(format!("unique indexes besides the key: {}; replayed rows replace rows they collide with", shadow_info.uniques.len()));
+        }
+    }
+    b.table = Some(table);
+    b.names = Some(names);
+    Ok(PlanReport { lines, metadata_only: b.alter.metadata_only, estimated_rows })
+}
+
+pub async fn run_metadata_only(b: &mut PgBackend) -> Result<()> {
+    let sql = format!("ALTER TABLE {} {}", b.names()?.source(), b.alter.actions);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = b
+            .ctl
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'; {sql}; COMMIT",
+                b.opts.cut_over_lock_timeout.as_millis()
+            ))
+            .await
+            .ctx("running the change");
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let _ = b.ctl.batch_execute("ROLLBACK").await;
+                if e.sqlstate() != Some("55P03") || attempt > b.opts.cut_over_retries {
+                    return Err(e);
+                }
+                tracing::warn!("lock wait timed out (attempt {attempt}); retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
+    }
+}
+
+/// Wait between lock attempts: grows, capped, so the application gets the table back between.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((250u64 << attempt.min(5)).min(5000))
+}

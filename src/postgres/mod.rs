@@ -1,0 +1,213 @@
+//! The PostgreSQL backend: catalog inspection, shadow table, keyset copy, logical replication
+//! (pgoutput) tail and applier, and a rename cut-over under `lock_timeout`.
+
+mod apply;
+mod cleanup;
+mod conn;
+mod copy;
+mod cutover;
+mod inspect;
+pub mod pgoutput;
+mod shadow;
+mod tail;
+
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::backend::{Backend, CutoverReport, PlanReport};
+use crate::error::{Error, Result};
+use crate::options::RunOptions;
+use crate::plan::{parse_alter, AlterSpec};
+use crate::progress::Progress;
+use crate::watermark::{Key, Watermark};
+
+pub use cleanup::cleanup_leftovers;
+pub use conn::PgTarget;
+use inspect::TableInfo;
+use shadow::ShadowInfo;
+use tail::Tail;
+
+/// `"name"`, doubling embedded quotes.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'text'`, doubling embedded quotes (standard_conforming_strings is on since 9.1).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The names of everything a run creates, derived from the table so a crashed run's leftovers
+/// are recognizable: `_<table>_new`, `_<table>_old`, `swivel_<oid>` slot and publication.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub schema: String,
+    pub table: String,
+    pub shadow: String,
+    pub old: String,
+    pub publication: String,
+    pub slot: String,
+}
+
+impl Names {
+    pub fn new(schema: &str, table: &str, oid: u32) -> Self {
+        Names {
+            schema: schema.to_string(),
+            table: table.to_string(),
+            shadow: format!("_{table}_new"),
+            old: format!("_{table}_old"),
+            publication: format!("swivel_{oid}"),
+            slot: format!("swivel_{oid}"),
+        }
+    }
+
+    /// `"schema"."name"` for a table in the migrated table's schema.
+    pub fn qualified(&self, name: &str) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(name))
+    }
+
+    pub fn source(&self) -> String {
+        self.qualified(&self.table)
+    }
+
+    pub fn shadow_q(&self) -> String {
+        self.qualified(&self.shadow)
+    }
+}
+
+pub struct PgBackend {
+    target: PgTarget,
+    opts: RunOptions,
+    alter: AlterSpec,
+    ctl: Client,
+    /// Backend pids of our sessions, to end them if the run is interrupted.
+    pids: Vec<i32>,
+    progress: Arc<Progress>,
+    watermark: Arc<Watermark>,
+    table: Option<TableInfo>,
+    names: Option<Names>,
+    shadow: Option<ShadowInfo>,
+    copier: Option<Client>,
+    tail: Option<Tail>,
+    created_shadow: bool,
+    created_publication: bool,
+}
+
+impl PgBackend {
+    pub async fn connect(
+        opts: RunOptions,
+        progress: Arc<Progress>,
+        watermark: Arc<Watermark>,
+    ) -> Result<Self> {
+        if opts.dsn.contains('@') && has_url_password(&opts.dsn) {
+            tracing::warn!(
+                "the connection URL holds a password, which other users can see in the process \
+                 list; prefer PGPASSWORD or --password-file"
+            );
+        }
+        let alter = parse_alter(&sqlparser::dialect::PostgreSqlDialect {}, &opts.alter, true)?;
+        let target = PgTarget::parse(&opts.dsn, opts.password.as_deref())?;
+        let (ctl, pid) = target.connect("ctl").await?;
+        Ok(PgBackend {
+            target,
+            opts,
+            alter,
+            ctl,
+            pids: vec![pid],
+            progress,
+            watermark,
+            table: None,
+            names: None,
+            shadow: None,
+            copier: None,
+            tail: None,
+            created_shadow: false,
+            created_publication: false,
+        })
+    }
+
+    fn table(&self) -> Result<&TableInfo> {
+        self.table.as_ref().ok_or_else(|| Error::Stream("the table was not inspected".into()))
+    }
+
+    fn names(&self) -> Result<&Names> {
+        self.names.as_ref().ok_or_else(|| Error::Stream("the table was not inspected".into()))
+    }
+
+    fn shadow(&self) -> Result<&ShadowInfo> {
+        self.shadow.as_ref().ok_or_else(|| Error::Stream("the shadow table was not created".into()))
+    }
+}
+
+/// True when a postgres:// URL carries `user:password@`.
+fn has_url_password(dsn: &str) -> bool {
+    let rest = dsn.split_once("://").map_or(dsn, |(_, r)| r);
+    let userinfo = rest.split('@').next().unwrap_or("");
+    rest.contains('@') && userinfo.contains(':')
+}
+
+impl Backend for PgBackend {
+    async fn plan(&mut self) -> Result<PlanReport> {
+        inspect::plan(self).await
+    }
+
+    async fn run_metadata_only(&mut self) -> Result<()> {
+        inspect::run_metadata_only(self).await
+    }
+
+    async fn prepare(&mut self) -> Result<()> {
+        shadow::create(self).await?;
+        tail::start(self).await?;
+        let (copier, pid) = self.target.connect("copy").await?;
+        self.pids.push(pid);
+        self.copier = Some(copier);
+        Ok(())
+    }
+
+    async fn chunk_end(&mut self, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
+        copy::chunk_end(self, after, rows).await
+    }
+
+    async fn copy_chunk(
+        &mut self,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+        discarded: &[u64],
+    ) -> Result<u64> {
+        copy::copy_chunk(self, after, upto, discarded).await
+    }
+
+    fn check_tail(&self) -> Result<()> {
+        match &self.tail {
+            Some(tail) => tail.check(),
+            None => Ok(()),
+        }
+    }
+
+    async fn cutover(&mut self) -> Result<CutoverReport> {
+        cutover::run(self).await
+    }
+
+    async fn cleanup(&mut self, succeeded: bool) -> Result<()> {
+        cleanup::after_run(self, succeeded).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn url_passwords_are_detected() {
+        assert!(has_url_password("postgres://u:secret@h/db"));
+        assert!(!has_url_password("postgres://u@h:5432/db"));
+        assert!(!has_url_password("postgres://h:5432/db"));
+    }
+}

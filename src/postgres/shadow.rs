@@ -1,0 +1,188 @@
+//! The shadow table: `CREATE TABLE _<t>_new (LIKE t INCLUDING ALL)`, the ALTER applied to it,
+//! the owner and grants carried over, and the column mapping the copy and the applier use.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use super::inspect::TableInfo;
+use super::{quote_ident, Names, PgBackend};
+use crate::error::{Error, PgContext, Result};
+use crate::plan::AlterSpec;
+
+/// How rows of the source map onto the shadow table.
+#[derive(Clone, Debug)]
+pub struct ShadowInfo {
+    /// Shadow columns the copy fills (not generated, present in the source or renamed).
+    pub targets: Vec<String>,
+    /// For each target, the SQL that computes it from a source row.
+    pub exprs: Vec<String>,
+    /// The shadow's primary key columns.
+    pub key_targets: Vec<String>,
+    /// Column lists of the shadow's other unique indexes.
+    pub uniques: Vec<Vec<String>>,
+}
+
+/// Create the shadow table and read its mapping. Runs inside the caller's transaction when the
+/// caller opened one (the plan's trial).
+pub async fn build(
+    client: &Client,
+    names: &Names,
+    table: &TableInfo,
+    alter: &AlterSpec,
+) -> Result<ShadowInfo> {
+    let shadow = names.shadow_q();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {shadow} (LIKE {} INCLUDING ALL)",
+            names.source()
+        ))
+        .await
+        .ctx(format!("creating the shadow table {shadow}"))?;
+    client
+        .batch_execute(&format!("ALTER TABLE {shadow} {}", alter.actions))
+        .await
+        .map_err(|e| {
+            let e = Error::pg("", e);
+            let msg = match &e {
+                Error::Database { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            Error::refused(format!("the server rejects the ALTER: {msg}; fix --alter"))
+        })?;
+
+    let rows = client
+        .query(
+            "SELECT attname::text, attgenerated <> '' FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&shadow],
+        )
+        .await
+        .ctx("reading the shadow table's columns")?;
+    let renamed_from: HashMap<&str, &str> =
+        alter.renames.iter().map(|(old, new)| (new.as_str(), old.as_str())).collect();
+    let using: HashMap<&str, &str> =
+        alter.using.iter().map(|(c, e)| (c.as_str(), e.as_str())).collect();
+    let mut targets = Vec::new();
+    let mut exprs = Vec::new();
+    for r in &rows {
+        let name: String = r.get(0);
+        let generated: bool = r.get(1);
+        let source_name = renamed_from.get(name.as_str()).copied().unwrap_or(&name);
+        if generated || !table.columns.iter().any(|c| c.name == source_name) {
+            continue; // generated, or added by the ALTER: the server fills it
+        }
+        exprs.push(match using.get(name.as_str()) {
+            Some(expr) => format!("({expr})"),
+            None => quote_ident(source_name),
+        });
+        targets.push(name);
+    }
+
+    let key_targets: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+             WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.ord",
+            &[&shadow],
+        )
+        .await
+        .ctx("reading the shadow table's key")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mapped_back: Vec<&str> = key_targets
+        .iter()
+        .map(|k| renamed_from.get(k.as_str()).copied().unwrap_or(k))
+        .collect();
+    let source_key: Vec<&str> = table.key.iter().map(|k| k.name.as_str()).collect();
+    if mapped_back != source_key {
+        return Err(Error::refused(format!(
+            "the ALTER changes the primary key ({} becomes ({})); swivel needs the same key columns on both sides to replay changes",
+            table.key_list(),
+            key_targets.join(", ")
+        )));
+    }
+    if let Some(k) = key_targets.iter().find(|k| using.contains_key(k.as_str())) {
+        return Err(Error::refused(format!(
+            "ALTER COLUMN {k} TYPE … USING on a primary key column is not supported; change the key's type without USING"
+        )));
+    }
+
+    let mut uniques = Vec::new();
+    for r in client
+        .query(
+            "SELECT i.indexrelid::regclass::text, i.indexprs IS NOT NULL OR i.indpred IS NOT NULL,
+                    ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.ord)
+             FROM pg_index i WHERE i.indrelid = $1::text::regclass AND i.indisunique AND NOT i.indisprimary",
+            &[&shadow],
+        )
+        .await
+        .ctx("reading the shadow table's unique indexes")?
+    {
+        let index: String = r.get(0);
+        if r.get::<_, bool>(1) {
+            return Err(Error::refused(format!(
+                "unique index {index} has an expression or a predicate; swivel replays rows only around plain unique columns"
+            )));
+        }
+        let cols: Vec<String> = r.get(2);
+        if cols.iter().any(|c| !targets.contains(c)) {
+            return Err(Error::refused(format!(
+                "unique index {index} covers a column the copy does not fill"
+            )));
+        }
+        uniques.push(cols);
+    }
+    Ok(ShadowInfo { targets, exprs, key_targets, uniques })
+}
+
+/// Create the shadow table for real, with the source's owner and grants.
+pub async fn create(b: &mut PgBackend) -> Result<()> {
+    let names = b.names()?.clone();
+    let table = b.table()?.clone();
+    let info = build(&b.ctl, &names, &table, &b.alter).await;
+    // Created even if reading its mapping failed: cleanup must drop it.
+    b.created_shadow = true;
+    let info = info?;
+    let shadow = names.shadow_q();
+    let row = b
+        .ctl
+        .query_one(
+            "SELECT pg_get_userbyid(relowner)::text, current_user::text FROM pg_class WHERE oid = $1",
+            &[&table.oid],
+        )
+        .await
+        .ctx("reading the owner")?;
+    let (owner, me): (String, String) = (row.get(0), row.get(1));
+    if owner != me {
+        b.ctl
+            .batch_execute(&format!("ALTER TABLE {shadow} OWNER TO {}", quote_ident(&owner)))
+            .await
+            .ctx("giving the shadow table the source's owner")?;
+    }
+    let grants = b
+        .ctl
+        .query(
+            "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,
+                    a.is_grantable
+             FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+             LEFT JOIN pg_roles r ON r.oid = a.grantee
+             WHERE c.oid = $1 AND a.grantee <> c.relowner",
+            &[&table.oid],
+        )
+        .await
+        .ctx("reading the table's grants")?;
+    for g in grants {
+        let (privilege, grantee, grantable): (String, String, bool) = (g.get(0), g.get(1), g.get(2));
+        let option = if grantable { " WITH GRANT OPTION" } else { "" };
+        b.ctl
+            .batch_execute(&format!("GRANT {privilege} ON {shadow} TO {grantee}{option}"))
+            .await
+            .ctx("copying grants to the shadow table")?;
+    }
+    b.shadow = Some(info);
+    Ok(())
+}

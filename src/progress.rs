@@ -1,0 +1,130 @@
+//! Live counters of a run and the plain progress line printed from them.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Planning = 0,
+    Copying = 1,
+    CatchingUp = 2,
+    CuttingOver = 3,
+    Done = 4,
+}
+
+impl Phase {
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::Copying,
+            2 => Phase::CatchingUp,
+            3 => Phase::CuttingOver,
+            4 => Phase::Done,
+            _ => Phase::Planning,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Planning => "planning",
+            Phase::Copying => "copy",
+            Phase::CatchingUp => "catch-up",
+            Phase::CuttingOver => "cut-over",
+            Phase::Done => "done",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Progress {
+    phase: AtomicU8,
+    pub rows_copied: AtomicU64,
+    pub rows_estimate: AtomicU64,
+    pub chunk_size: AtomicU64,
+    pub changes_applied: AtomicU64,
+    /// Replication lag in milliseconds, as last measured by the heartbeat.
+    pub lag_ms: AtomicU64,
+    copy_started: Mutex<Option<Instant>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            phase: AtomicU8::new(Phase::Planning as u8),
+            rows_copied: AtomicU64::new(0),
+            rows_estimate: AtomicU64::new(0),
+            chunk_size: AtomicU64::new(0),
+            changes_applied: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            copy_started: Mutex::new(None),
+        }
+    }
+}
+
+impl Progress {
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Relaxed))
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        if phase == Phase::Copying {
+            let mut started = self.copy_started.lock().unwrap_or_else(|p| p.into_inner());
+            started.get_or_insert_with(Instant::now);
+        }
+        self.phase.store(phase as u8, Relaxed);
+    }
+
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(self.lag_ms.load(Relaxed))
+    }
+
+    pub fn copy_elapsed(&self) -> Option<Duration> {
+        let started = self.copy_started.lock().unwrap_or_else(|p| p.into_inner());
+        started.map(|s| s.elapsed())
+    }
+
+    /// Rows per second over the copy so far.
+    pub fn copy_rate(&self) -> f64 {
+        match self.copy_elapsed() {
+            Some(e) if e.as_secs_f64() > 0.0 => self.rows_copied.load(Relaxed) as f64 / e.as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    /// One progress line: phase, rows copied / estimated, rows/s, lag, ETA.
+    pub fn line(&self) -> String {
+        let copied = self.rows_copied.load(Relaxed);
+        let estimate = self.rows_estimate.load(Relaxed).max(copied);
+        let rate = self.copy_rate();
+        let percent = if estimate > 0 { copied as f64 * 100.0 / estimate as f64 } else { 100.0 };
+        let eta = if self.phase() == Phase::Copying && rate > 0.0 {
+            format_duration(Duration::from_secs_f64((estimate - copied) as f64 / rate))
+        } else {
+            "-".to_string()
+        };
+        format!(
+            "{}: {}/{} rows ({:.1}%), {:.0} rows/s, chunk {}, lag {:.1}s, {} changes replayed, ETA {}",
+            self.phase().name(),
+            copied,
+            estimate,
+            percent,
+            rate,
+            self.chunk_size.load(Relaxed),
+            self.lag().as_secs_f64(),
+            self.changes_applied.load(Relaxed),
+            eta
+        )
+    }
+}
+
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}s", s)
+    }
+}
