@@ -17,6 +17,9 @@ base=${SWIVEL_TESTBED_DIR:-$here/data}
 pg_port=${SWIVEL_PG_PORT:-55432}
 my_port=${SWIVEL_MYSQL_PORT:-33306}
 pg_dir=$base/pg
+# A second PostgreSQL without logical decoding (wal_level=replica), for the refusal tests.
+plain_port=${SWIVEL_PG_PLAIN_PORT:-55433}
+plain_dir=$base/pg-plain
 my_dir=$base/mariadb
 
 log() { echo "testbed: $*" >&2; }
@@ -54,27 +57,28 @@ as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-pg_running() { as_pg "$(pg_bin)/pg_ctl" -D "$pg_dir/data" status >/dev/null 2>&1; }
+pg_running() { as_pg "$(pg_bin)/pg_ctl" -D "$1/data" status >/dev/null 2>&1; }
 
+# start_pg DIR PORT WAL_LEVEL
 start_pg() {
-    local bin; bin=$(pg_bin)
-    mkdir -p "$pg_dir"
-    if [ "$(id -u)" = 0 ]; then chown postgres: "$pg_dir"; chmod 755 "$base"; fi
-    if [ ! -f "$pg_dir/data/PG_VERSION" ]; then
-        log "initdb PostgreSQL in $pg_dir/data"
-        as_pg "$bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$pg_dir/initdb.log" 2>&1
+    local bin dir=$1 port=$2 wal=$3; bin=$(pg_bin)
+    mkdir -p "$dir"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; chmod 755 "$base"; fi
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+        log "initdb PostgreSQL in $dir/data"
+        as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
     fi
-    if ! pg_running; then
-        as_pg "$bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
-            -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c wal_level=logical \
+    if ! pg_running "$dir"; then
+        as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+            -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=$wal \
                 -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=200 \
                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
                 -c shared_buffers=256MB -c max_wal_size=4GB" start >/dev/null 9>&-
     fi
-    if ! psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='swivel'" | grep -q 1; then
-        psql -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres -qc "CREATE DATABASE swivel" >/dev/null
+    if ! psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='swivel'" | grep -q 1; then
+        psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE swivel" >/dev/null
     fi
-    log "PostgreSQL ready: postgres://postgres@127.0.0.1:$pg_port/swivel"
+    log "PostgreSQL ($wal) ready: postgres://postgres@127.0.0.1:$port/swivel"
 }
 
 my_server() { command -v mariadbd || command -v mysqld; }
@@ -111,10 +115,13 @@ SQL
 }
 
 stop_all() {
-    if [ -f "$pg_dir/data/PG_VERSION" ] && pg_bin >/dev/null && pg_running; then
-        as_pg "$(pg_bin)/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null
-        log "PostgreSQL stopped"
-    fi
+    local dir
+    for dir in "$pg_dir" "$plain_dir"; do
+        if [ -f "$dir/data/PG_VERSION" ] && pg_bin >/dev/null && pg_running "$dir"; then
+            as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+            log "PostgreSQL in $dir stopped"
+        fi
+    done
     if [ -f "$my_dir/mysqld.pid" ]; then
         local pid; pid=$(cat "$my_dir/mysqld.pid")
         kill "$pid" 2>/dev/null || true
@@ -132,13 +139,15 @@ case "${1:-start}" in
         # One start at a time (tests may call this concurrently).
         exec 9>"$base/.lock"
         flock 9
-        start_pg
+        start_pg "$pg_dir" "$pg_port" logical
+        start_pg "$plain_dir" "$plain_port" replica
         start_mariadb
         ;;
     stop) stop_all ;;
     wipe) stop_all; rm -rf "$base"; log "data removed" ;;
     status)
-        if [ -f "$pg_dir/data/PG_VERSION" ] && pg_running; then echo "postgres: running on 127.0.0.1:$pg_port"; else echo "postgres: stopped"; fi
+        if [ -f "$pg_dir/data/PG_VERSION" ] && pg_running "$pg_dir"; then echo "postgres: running on 127.0.0.1:$pg_port"; else echo "postgres: stopped"; fi
+        if [ -f "$plain_dir/data/PG_VERSION" ] && pg_running "$plain_dir"; then echo "postgres (wal_level=replica): running on 127.0.0.1:$plain_port"; else echo "postgres (wal_level=replica): stopped"; fi
         if my_running; then echo "mariadb: running on 127.0.0.1:$my_port"; else echo "mariadb: stopped"; fi
         ;;
     *) echo "usage: $0 start|stop|wipe|status" >&2; exit 2 ;;
