@@ -1,7 +1,9 @@
-//! Cut-over: once the applier has caught up, take ACCESS EXCLUSIVE on the table under
-//! `lock_timeout`, emit a marker into the stream, wait until the applier has applied
-//! everything before it, carry sequences and index names over, swap the names, commit.
-//! Any failure rolls back: the original table stays where it was.
+//! Cut-over: once the applier has caught up, lock the table against writes (EXCLUSIVE, under
+//! `lock_timeout`), emit a marker into the stream, wait until the applier has applied
+//! everything before it, then take ACCESS EXCLUSIVE, carry sequences and index names over,
+//! swap the names, commit. Draining under EXCLUSIVE keeps the table readable meanwhile, which
+//! the applier itself needs: it reads rows back from the source for updates that did not send
+//! their unchanged TOASTed values. Any failure rolls back: the original table stays in place.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,7 +40,7 @@ pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
             .await
             .ctx("starting the cut-over")?;
         let locked = client
-            .batch_execute(&format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", names.source()))
+            .batch_execute(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", names.source()))
             .await
             .ctx("locking the table");
         let lock_started = Instant::now();
@@ -60,13 +62,17 @@ pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
                             client.batch_execute("COMMIT").await.ctx("committing the cut-over")?;
                             return Ok(CutoverReport { attempts: attempt, lock_held: lock_started.elapsed() });
                         }
+                        Err(e) if e.sqlstate() == Some("55P03") => {
+                            format!("the rename's lock wait exceeded {timeout_ms}ms")
+                        }
                         Err(e) => {
                             let _ = client.batch_execute("ROLLBACK").await;
                             return Err(e);
                         }
                     }
+                } else {
+                    format!("the applier did not drain within {timeout_ms}ms")
                 }
-                format!("the applier did not drain within {timeout_ms}ms")
             }
         };
         let _ = client.batch_execute("ROLLBACK").await;
@@ -94,7 +100,7 @@ async fn swap_statements(client: &Client, b: &PgBackend, names: &Names) -> Resul
     let renamed: HashMap<&str, &str> =
         b.alter.renames.iter().map(|(o, n)| (o.as_str(), n.as_str())).collect();
     let to_shadow = |col: &str| renamed.get(col).copied().unwrap_or(col).to_string();
-    let mut sql = Vec::new();
+    let mut sql = vec![format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", names.source())];
 
     // Sequences: a serial's sequence is owned by the old table and would be dropped with it;
     // an identity column has a sequence of its own on each table: carry the position over.

@@ -1,0 +1,131 @@
+//! Bad input and interrupted runs on a real PostgreSQL: each refusal says what is wrong, and
+//! nothing is changed or left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use swivel::{Error, Outcome, RunOptions};
+use tokio_postgres::Client;
+
+async fn table(client: &Client, name: &str, ddl: &str) {
+    common::reset(client, name).await;
+    client.batch_execute(ddl).await.expect("creating the test table");
+}
+
+async fn checksum(client: &Client, name: &str) -> String {
+    client
+        .query_one(&format!("SELECT count(*)::text || ':' || coalesce(sum(hashtext(t::text)), 0)::text FROM {name} t"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn refused(dsn: &str, name: &str, alter: &str, execute: bool) -> String {
+    let mut opts = RunOptions::new(dsn, name, alter);
+    opts.execute = execute;
+    match swivel::run(opts, std::future::pending()).await {
+        Err(e @ Error::Refused(_)) => e.to_string(),
+        other => panic!("expected a refusal for {name} / {alter:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refusals_explain_and_change_nothing() {
+    let dsn = common::pg_dsn();
+    let client = common::connect(&dsn).await;
+
+    let msg = refused(&dsn, "no_such_table", "ADD COLUMN x int", true).await;
+    assert!(msg.contains("does not exist"), "{msg}");
+
+    table(&client, "ref_nopk", "CREATE TABLE ref_nopk (a int, b text); INSERT INTO ref_nopk VALUES (1, 'x')").await;
+    let before = checksum(&client, "ref_nopk").await;
+    let msg = refused(&dsn, "ref_nopk", "ALTER COLUMN a TYPE bigint", true).await;
+    assert!(msg.contains("has no primary key"), "{msg}");
+    assert_eq!(checksum(&client, "ref_nopk").await, before);
+    common::assert_nothing_left(&client, "ref_nopk").await;
+
+    table(&client, "ref_t", "CREATE TABLE ref_t (id int PRIMARY KEY, k int); INSERT INTO ref_t SELECT i, i FROM generate_series(1, 100) i").await;
+    let before = checksum(&client, "ref_t").await;
+    let msg = refused(&dsn, "ref_t", "ALTER COLUMN k TYPE", true).await;
+    assert!(msg.contains("does not parse"), "{msg}");
+    let msg = refused(&dsn, "ref_t", "ALTER COLUMN nosuch TYPE bigint", true).await;
+    assert!(msg.contains("server rejects the ALTER") && msg.contains("nosuch"), "{msg}");
+    let msg = refused(&dsn, "ref_t", "DROP COLUMN id", false).await;
+    assert!(msg.contains("changes the primary key"), "{msg}");
+    let msg = refused(&dsn, "ref_t", "ADD CONSTRAINT k_unique UNIQUE (k)", true).await;
+    assert!(msg.contains("CONCURRENTLY"), "{msg}");
+    assert_eq!(checksum(&client, "ref_t").await, before);
+    common::assert_nothing_left(&client, "ref_t").await;
+
+    // A leftover shadow table from a crashed run: refused, and `swivel cleanup` removes it.
+    client.batch_execute("CREATE TABLE _ref_t_new (LIKE ref_t)").await.unwrap();
+    let msg = refused(&dsn, "ref_t", "ALTER COLUMN k TYPE bigint", true).await;
+    assert!(msg.contains("leftovers") && msg.contains("swivel cleanup"), "{msg}");
+    let removed = swivel::postgres::cleanup_leftovers(&dsn, None, "ref_t").await.unwrap();
+    assert_eq!(removed, vec!["table \"public\".\"_ref_t_new\"".to_string()]);
+    common::assert_nothing_left(&client, "ref_t").await;
+    assert_eq!(checksum(&client, "ref_t").await, before);
+
+    common::reset(&client, "ref_nopk").await;
+    common::reset(&client, "ref_t").await;
+}
+
+#[tokio::test]
+async fn wal_level_must_be_logical() {
+    let dsn = common::pg_plain_dsn();
+    let client = common::connect(&dsn).await;
+    table(&client, "ref_wal", "CREATE TABLE ref_wal (id int PRIMARY KEY, k int)").await;
+    let msg = refused(&dsn, "ref_wal", "ALTER COLUMN k TYPE bigint", true).await;
+    assert!(msg.contains("wal_level is replica") && msg.contains("wal_level = logical"), "{msg}");
+    common::assert_nothing_left(&client, "ref_wal").await;
+    // A change that needs no copy needs no logical decoding either: it runs directly.
+    let mut opts = RunOptions::new(&dsn, "ref_wal", "ADD COLUMN note text");
+    opts.execute = true;
+    let outcome = swivel::run(opts, std::future::pending()).await.unwrap();
+    assert!(matches!(outcome, Outcome::MetadataOnly(_)), "{outcome:?}");
+    let has: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'ref_wal'::regclass AND attname = 'note')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(has, "the metadata-only change did not run");
+    common::reset(&client, "ref_wal").await;
+}
+
+#[tokio::test]
+async fn plan_only_changes_nothing() {
+    let dsn = common::pg_dsn();
+    let client = common::connect(&dsn).await;
+    table(&client, "ref_plan", "CREATE TABLE ref_plan (id int PRIMARY KEY, k int); INSERT INTO ref_plan SELECT i, i FROM generate_series(1, 10) i").await;
+    let outcome = swivel::run(RunOptions::new(&dsn, "ref_plan", "ALTER COLUMN k TYPE bigint"), std::future::pending())
+        .await
+        .unwrap();
+    let Outcome::Planned(plan) = outcome else { panic!("expected a plan, got {outcome:?}") };
+    assert!(plan.lines.iter().any(|l| l.contains("shadow table")), "{:?}", plan.lines);
+    let k_type: String = client
+        .query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'ref_plan'::regclass AND attname = 'k'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(k_type, "integer");
+    common::assert_nothing_left(&client, "ref_plan").await;
+    common::reset(&client, "ref_plan").await;
+}
+
+#[tokio::test]
+async fn interrupted_copy_leaves_the_table_intact() {
+    let dsn = common::pg_dsn();
+    let client = common::connect(&dsn).await;
+    table(&client, "ref_int", "CREATE TABLE ref_int (id int PRIMARY KEY, k int); INSERT INTO ref_int SELECT i, i FROM generate_series(1, 20000) i; ANALYZE ref_int").await;
+    let before = checksum(&client, "ref_int").await;
+    let mut opts = RunOptions::new(&dsn, "ref_int", "ALTER COLUMN k TYPE bigint");
+    opts.execute = true;
+    opts.chunk_size = 100;
+    opts.max_rows_per_second = Some(2000); // ten seconds of copy: stopped well before the end
+    let result = swivel::run(opts, tokio::time::sleep(Duration::from_millis(1500))).await;
+    assert!(matches!(result, Err(Error::Interrupted(_))), "{result:?}");
+    assert_eq!(checksum(&client, "ref_int").await, before);
+    common::assert_nothing_left(&client, "ref_int").await;
+    common::reset(&client, "ref_int").await;
+}
