@@ -25,7 +25,11 @@ pub struct ChunkTuner {
 impl ChunkTuner {
     pub fn new(initial: u64, target: Duration, max: u64) -> Self {
         let max = max.clamp(MIN_CHUNK, MAX_CHUNK);
-        ChunkTuner { size: initial.clamp(MIN_CHUNK, max), target, max }
+        ChunkTuner {
+            size: initial.clamp(MIN_CHUNK, max),
+            target,
+            max,
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -71,7 +75,9 @@ pub async fn copy_table<B: Backend>(
         let started = Instant::now();
         let upto = backend.chunk_end(after.as_ref(), tuner.size()).await?;
         let discarded = watermark.begin_chunk(upto.clone());
-        let rows = backend.copy_chunk(after.as_ref(), upto.as_ref(), &discarded).await?;
+        let rows = backend
+            .copy_chunk(after.as_ref(), upto.as_ref(), &discarded)
+            .await?;
         watermark.commit_chunk();
         progress.rows_copied.fetch_add(rows, Relaxed);
         tuner.observe(rows, started.elapsed());

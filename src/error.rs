@@ -12,7 +12,11 @@ pub enum Error {
     Refused(String),
     /// A database statement failed.
     #[error("{context}: {message}")]
-    Database { context: String, message: String, code: Option<String> },
+    Database {
+        context: String,
+        message: String,
+        code: Option<String>,
+    },
     /// The change stream failed or sent something we cannot replay.
     #[error("change stream: {0}")]
     Stream(String),
@@ -41,7 +45,11 @@ impl Error {
             }
             None => (e.to_string(), None),
         };
-        Error::Database { context: context.to_string(), message, code }
+        Error::Database {
+            context: context.to_string(),
+            message,
+            code,
+        }
     }
 
     /// The SQLSTATE of a database error, if any.

@@ -11,7 +11,11 @@ use swivel::progress::format_duration;
 use swivel::RunOptions;
 
 #[derive(Parser)]
-#[command(name = "swivel", version, about = "Online schema changes for PostgreSQL (MySQL/MariaDB next)")]
+#[command(
+    name = "swivel",
+    version,
+    about = "Online schema changes for PostgreSQL (MySQL/MariaDB next)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,8 +100,13 @@ struct CleanupArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let value: f64 = number.parse().map_err(|_| format!("`{s}` is not a duration like 500ms or 2s"))?;
+    let (number, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms or 2s"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" | "" => value,

@@ -36,7 +36,9 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
     }
     let sql = format!("ALTER TABLE swivel_target {actions}");
     let statements = Parser::parse_sql(dialect, &sql).map_err(|e| {
-        Error::refused(format!("the ALTER does not parse: {e}; check the syntax of --alter"))
+        Error::refused(format!(
+            "the ALTER does not parse: {e}; check the syntax of --alter"
+        ))
     })?;
     let [statement] = statements.as_slice() else {
         return Err(Error::refused(
@@ -44,7 +46,9 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
         ));
     };
     let Statement::AlterTable { operations, .. } = statement else {
-        return Err(Error::refused("--alter must be the actions of an ALTER TABLE statement"));
+        return Err(Error::refused(
+            "--alter must be the actions of an ALTER TABLE statement",
+        ));
     };
     let ident = |i: &Ident| {
         if fold_case && i.quote_style.is_none() {
@@ -61,57 +65,63 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
         metadata_only: true,
     };
     for op in operations {
-        let rewrites = match op {
-            AlterTableOperation::AddColumn { column_def, .. } => {
-                let mut rewrites = false;
-                for option in &column_def.options {
-                    match &option.option {
-                        ColumnOption::Unique { .. } => return Err(refuse_unique()),
-                        ColumnOption::Null | ColumnOption::NotNull => {}
-                        ColumnOption::Default(expr) => rewrites |= !is_constant(expr),
-                        _ => rewrites = true,
+        let rewrites =
+            match op {
+                AlterTableOperation::AddColumn { column_def, .. } => {
+                    let mut rewrites = false;
+                    for option in &column_def.options {
+                        match &option.option {
+                            ColumnOption::Unique { .. } => return Err(refuse_unique()),
+                            ColumnOption::Null | ColumnOption::NotNull => {}
+                            ColumnOption::Default(expr) => rewrites |= !is_constant(expr),
+                            _ => rewrites = true,
+                        }
                     }
+                    rewrites
                 }
-                rewrites
-            }
-            AlterTableOperation::AddConstraint { constraint, not_valid } => match constraint {
-                TableConstraint::Unique { .. } | TableConstraint::PrimaryKey { .. } => {
-                    return Err(refuse_unique())
-                }
-                _ => !not_valid,
-            },
-            AlterTableOperation::DropColumn { .. }
-            | AlterTableOperation::DropConstraint { .. }
-            | AlterTableOperation::RenameConstraint { .. }
-            | AlterTableOperation::ValidateConstraint { .. } => false,
-            AlterTableOperation::RenameColumn { old_column_name, new_column_name } => {
-                spec.renames.push((ident(old_column_name), ident(new_column_name)));
-                false
-            }
-            AlterTableOperation::AlterColumn { column_name, op } => match op {
-                AlterColumnOperation::SetDefault { .. }
-                | AlterColumnOperation::DropDefault
-                | AlterColumnOperation::DropNotNull => false,
-                AlterColumnOperation::SetDataType { using, .. } => {
-                    if let Some(expr) = using {
-                        spec.using.push((ident(column_name), expr.to_string()));
+                AlterTableOperation::AddConstraint {
+                    constraint,
+                    not_valid,
+                } => match constraint {
+                    TableConstraint::Unique { .. } | TableConstraint::PrimaryKey { .. } => {
+                        return Err(refuse_unique())
                     }
-                    true
+                    _ => !not_valid,
+                },
+                AlterTableOperation::DropColumn { .. }
+                | AlterTableOperation::DropConstraint { .. }
+                | AlterTableOperation::RenameConstraint { .. }
+                | AlterTableOperation::ValidateConstraint { .. } => false,
+                AlterTableOperation::RenameColumn {
+                    old_column_name,
+                    new_column_name,
+                } => {
+                    spec.renames
+                        .push((ident(old_column_name), ident(new_column_name)));
+                    false
                 }
-                AlterColumnOperation::SetNotNull | AlterColumnOperation::AddGenerated { .. } => {
-                    true
-                }
-            },
-            AlterTableOperation::ModifyColumn { .. } | AlterTableOperation::ChangeColumn { .. } => {
-                true
-            }
-            other => {
-                return Err(Error::refused(format!(
+                AlterTableOperation::AlterColumn { column_name, op } => match op {
+                    AlterColumnOperation::SetDefault { .. }
+                    | AlterColumnOperation::DropDefault
+                    | AlterColumnOperation::DropNotNull => false,
+                    AlterColumnOperation::SetDataType { using, .. } => {
+                        if let Some(expr) = using {
+                            spec.using.push((ident(column_name), expr.to_string()));
+                        }
+                        true
+                    }
+                    AlterColumnOperation::SetNotNull
+                    | AlterColumnOperation::AddGenerated { .. } => true,
+                },
+                AlterTableOperation::ModifyColumn { .. }
+                | AlterTableOperation::ChangeColumn { .. } => true,
+                other => {
+                    return Err(Error::refused(format!(
                     "swivel does not run `{other}` as an online change: it changes no columns or \
                      constraints of the rows; run it directly with ALTER TABLE"
                 )))
-            }
-        };
+                }
+            };
         spec.metadata_only &= !rewrites;
     }
     Ok(spec)
@@ -163,10 +173,26 @@ mod tests {
     #[test]
     fn metadata_only_changes() {
         assert!(pg("ADD COLUMN x int").unwrap().metadata_only);
-        assert!(pg("ADD COLUMN x int NOT NULL DEFAULT 0").unwrap().metadata_only);
-        assert!(pg("ALTER COLUMN k SET DEFAULT 3, DROP COLUMN pad").unwrap().metadata_only);
-        assert!(!pg("ADD COLUMN x uuid DEFAULT gen_random_uuid()").unwrap().metadata_only);
-        assert!(!pg("ADD COLUMN x int, ALTER COLUMN k SET NOT NULL").unwrap().metadata_only);
+        assert!(
+            pg("ADD COLUMN x int NOT NULL DEFAULT 0")
+                .unwrap()
+                .metadata_only
+        );
+        assert!(
+            pg("ALTER COLUMN k SET DEFAULT 3, DROP COLUMN pad")
+                .unwrap()
+                .metadata_only
+        );
+        assert!(
+            !pg("ADD COLUMN x uuid DEFAULT gen_random_uuid()")
+                .unwrap()
+                .metadata_only
+        );
+        assert!(
+            !pg("ADD COLUMN x int, ALTER COLUMN k SET NOT NULL")
+                .unwrap()
+                .metadata_only
+        );
     }
 
     #[test]
@@ -177,9 +203,13 @@ mod tests {
         assert!(e.contains("CONCURRENTLY"), "{e}");
         let e = pg("RENAME TO other").unwrap_err().to_string();
         assert!(e.contains("run it directly"), "{e}");
-        let e = pg("ADD COLUMN x int; DROP TABLE t").unwrap_err().to_string();
+        let e = pg("ADD COLUMN x int; DROP TABLE t")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("one ALTER TABLE"), "{e}");
-        let e = pg("ALTER TABLE t ADD COLUMN x int").unwrap_err().to_string();
+        let e = pg("ALTER TABLE t ADD COLUMN x int")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("prefix"), "{e}");
         assert!(pg("").is_err());
     }

@@ -87,7 +87,9 @@ impl Progress {
     /// Rows per second over the copy so far.
     pub fn copy_rate(&self) -> f64 {
         match self.copy_elapsed() {
-            Some(e) if e.as_secs_f64() > 0.0 => self.rows_copied.load(Relaxed) as f64 / e.as_secs_f64(),
+            Some(e) if e.as_secs_f64() > 0.0 => {
+                self.rows_copied.load(Relaxed) as f64 / e.as_secs_f64()
+            }
             _ => 0.0,
         }
     }
@@ -97,7 +99,11 @@ impl Progress {
         let copied = self.rows_copied.load(Relaxed);
         let estimate = self.rows_estimate.load(Relaxed).max(copied);
         let rate = self.copy_rate();
-        let percent = if estimate > 0 { copied as f64 * 100.0 / estimate as f64 } else { 100.0 };
+        let percent = if estimate > 0 {
+            copied as f64 * 100.0 / estimate as f64
+        } else {
+            100.0
+        };
         let eta = if self.phase() == Phase::Copying && rate > 0.0 {
             format_duration(Duration::from_secs_f64((estimate - copied) as f64 / rate))
         } else {

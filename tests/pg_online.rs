@@ -29,21 +29,43 @@ const WRITERS: i64 = 3;
 
 fn big_value(rng: &mut StdRng) -> String {
     // Out of line: the column is STORAGE EXTERNAL, so anything over ~2 kB is TOASTed.
-    (0..3000).map(|_| char::from(b'a' + rng.gen_range(0..26))).collect()
+    (0..3000)
+        .map(|_| char::from(b'a' + rng.gen_range(0..26)))
+        .collect()
 }
 
 async fn load_model(client: &Client, table: &str) -> Model {
     client
-        .query(&format!("SELECT id, k::bigint, u, c, big FROM {table}"), &[])
+        .query(
+            &format!("SELECT id, k::bigint, u, c, big FROM {table}"),
+            &[],
+        )
         .await
         .expect("reading the table")
         .iter()
-        .map(|r| (r.get(0), Row { k: r.get(1), u: r.get(2), c: r.get(3), big: r.get(4) }))
+        .map(|r| {
+            (
+                r.get(0),
+                Row {
+                    k: r.get(1),
+                    u: r.get(2),
+                    c: r.get(3),
+                    big: r.get(4),
+                },
+            )
+        })
         .collect()
 }
 
 /// One writer: owns the keys with id % WRITERS == w, so its model part is exact.
-async fn writer(dsn: String, table: String, w: i64, seed: u64, mut model: Model, stop: Arc<AtomicBool>) -> Model {
+async fn writer(
+    dsn: String,
+    table: String,
+    w: i64,
+    seed: u64,
+    mut model: Model,
+    stop: Arc<AtomicBool>,
+) -> Model {
     let client = common::connect(&dsn).await;
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(w as u64));
     let mut next_id = model.keys().next_back().copied().unwrap_or(0) + WRITERS * 1000 + w;
@@ -73,7 +95,9 @@ async fn writer(dsn: String, table: String, w: i64, seed: u64, mut model: Model,
                 };
                 let r = client
                     .execute(
-                        &format!("INSERT INTO {table} (id, k, u, c, big) VALUES ($1, $2, $3, $4, $5)"),
+                        &format!(
+                            "INSERT INTO {table} (id, k, u, c, big) VALUES ($1, $2, $3, $4, $5)"
+                        ),
                         &[&id, &(row.k as i32), &row.u, &row.c, &row.big],
                     )
                     .await;
@@ -86,19 +110,32 @@ async fn writer(dsn: String, table: String, w: i64, seed: u64, mut model: Model,
                 row.k = rng.gen_range(0..1_000_000);
                 row.c = format!("upd-{}", rng.gen::<u32>());
                 client
-                    .execute(&format!("UPDATE {table} SET k = $2, c = $3 WHERE id = $1"), &[&id, &(row.k as i32), &row.c])
+                    .execute(
+                        &format!("UPDATE {table} SET k = $2, c = $3 WHERE id = $1"),
+                        &[&id, &(row.k as i32), &row.c],
+                    )
                     .await
             } else if op < 63 {
                 let id = pick(&mut rng, &staged).unwrap();
                 let row = staged.get_mut(&id).unwrap();
                 row.big = rng.gen_bool(0.7).then(|| big_value(&mut rng));
-                client.execute(&format!("UPDATE {table} SET big = $2 WHERE id = $1"), &[&id, &row.big]).await
+                client
+                    .execute(
+                        &format!("UPDATE {table} SET big = $2 WHERE id = $1"),
+                        &[&id, &row.big],
+                    )
+                    .await
             } else if op < 73 {
                 // Moves a unique value between rows; collisions fail and roll back.
                 let id = pick(&mut rng, &staged).unwrap();
                 let row = staged.get_mut(&id).unwrap();
                 row.u = rng.gen_bool(0.8).then(|| rng.gen_range(0..unique_range));
-                client.execute(&format!("UPDATE {table} SET u = $2 WHERE id = $1"), &[&id, &row.u]).await
+                client
+                    .execute(
+                        &format!("UPDATE {table} SET u = $2 WHERE id = $1"),
+                        &[&id, &row.u],
+                    )
+                    .await
             } else if op < 83 {
                 // A primary key change.
                 let id = pick(&mut rng, &staged).unwrap();
@@ -106,11 +143,18 @@ async fn writer(dsn: String, table: String, w: i64, seed: u64, mut model: Model,
                 next_id += WRITERS;
                 let row = staged.remove(&id).unwrap();
                 staged.insert(new_id, row);
-                client.execute(&format!("UPDATE {table} SET id = $2 WHERE id = $1"), &[&id, &new_id]).await
+                client
+                    .execute(
+                        &format!("UPDATE {table} SET id = $2 WHERE id = $1"),
+                        &[&id, &new_id],
+                    )
+                    .await
             } else {
                 let id = pick(&mut rng, &staged).unwrap();
                 staged.remove(&id);
-                client.execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id]).await
+                client
+                    .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id])
+                    .await
             };
             if result.is_err() {
                 failed = true; // a unique collision or a cut-over hiccup: roll the whole thing back
@@ -149,8 +193,19 @@ async fn migrate_under_load(seed: u64, rows: i64) {
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let part: Model = initial.iter().filter(|(id, _)| id.rem_euclid(WRITERS) == w).map(|(k, v)| (*k, v.clone())).collect();
-            tokio::spawn(writer(dsn.clone(), table.clone(), w, seed, part, stop.clone()))
+            let part: Model = initial
+                .iter()
+                .filter(|(id, _)| id.rem_euclid(WRITERS) == w)
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            tokio::spawn(writer(
+                dsn.clone(),
+                table.clone(),
+                w,
+                seed,
+                part,
+                stop.clone(),
+            ))
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -182,16 +237,32 @@ async fn migrate_under_load(seed: u64, rows: i64) {
         .get(0);
     assert_eq!(k_type, "bigint", "seed {seed}: the ALTER was not applied");
     if actual != model {
-        let missing: Vec<_> = model.keys().filter(|k| !actual.contains_key(k)).take(5).collect();
-        let extra: Vec<_> = actual.keys().filter(|k| !model.contains_key(k)).take(5).collect();
-        let differ: Vec<_> = model.iter().filter(|(k, v)| actual.get(k).is_some_and(|a| a != *v)).map(|(k, _)| k).take(5).collect();
+        let missing: Vec<_> = model
+            .keys()
+            .filter(|k| !actual.contains_key(k))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = actual
+            .keys()
+            .filter(|k| !model.contains_key(k))
+            .take(5)
+            .collect();
+        let differ: Vec<_> = model
+            .iter()
+            .filter(|(k, v)| actual.get(k).is_some_and(|a| a != *v))
+            .map(|(k, _)| k)
+            .take(5)
+            .collect();
         panic!(
             "seed {seed}: the migrated table differs from the model ({} rows vs {}): missing {missing:?}, extra {extra:?}, different {differ:?}",
             actual.len(),
             model.len()
         );
     }
-    assert!(stats.changes_applied > 0, "seed {seed}: no change was replayed, the test proved nothing");
+    assert!(
+        stats.changes_applied > 0,
+        "seed {seed}: no change was replayed, the test proved nothing"
+    );
     common::assert_nothing_left(&client, &table).await;
     eprintln!(
         "seed {seed}: {} rows, {} copied, {} changes replayed, lock held {:?}",

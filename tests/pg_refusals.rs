@@ -10,7 +10,10 @@ use tokio_postgres::Client;
 
 async fn table(client: &Client, name: &str, ddl: &str) {
     common::reset(client, name).await;
-    client.batch_execute(ddl).await.expect("creating the test table");
+    client
+        .batch_execute(ddl)
+        .await
+        .expect("creating the test table");
 }
 
 async fn checksum(client: &Client, name: &str) -> String {
@@ -38,7 +41,12 @@ async fn refusals_explain_and_change_nothing() {
     let msg = refused(&dsn, "no_such_table", "ADD COLUMN x int", true).await;
     assert!(msg.contains("does not exist"), "{msg}");
 
-    table(&client, "ref_nopk", "CREATE TABLE ref_nopk (a int, b text); INSERT INTO ref_nopk VALUES (1, 'x')").await;
+    table(
+        &client,
+        "ref_nopk",
+        "CREATE TABLE ref_nopk (a int, b text); INSERT INTO ref_nopk VALUES (1, 'x')",
+    )
+    .await;
     let before = checksum(&client, "ref_nopk").await;
     let msg = refused(&dsn, "ref_nopk", "ALTER COLUMN a TYPE bigint", true).await;
     assert!(msg.contains("has no primary key"), "{msg}");
@@ -50,7 +58,10 @@ async fn refusals_explain_and_change_nothing() {
     let msg = refused(&dsn, "ref_t", "ALTER COLUMN k TYPE", true).await;
     assert!(msg.contains("does not parse"), "{msg}");
     let msg = refused(&dsn, "ref_t", "ALTER COLUMN nosuch TYPE bigint", true).await;
-    assert!(msg.contains("server rejects the ALTER") && msg.contains("nosuch"), "{msg}");
+    assert!(
+        msg.contains("server rejects the ALTER") && msg.contains("nosuch"),
+        "{msg}"
+    );
     let msg = refused(&dsn, "ref_t", "DROP COLUMN id", false).await;
     assert!(msg.contains("changes the primary key"), "{msg}");
     let msg = refused(&dsn, "ref_t", "ADD CONSTRAINT k_unique UNIQUE (k)", true).await;
@@ -59,10 +70,18 @@ async fn refusals_explain_and_change_nothing() {
     common::assert_nothing_left(&client, "ref_t").await;
 
     // A leftover shadow table from a crashed run: refused, and `swivel cleanup` removes it.
-    client.batch_execute("CREATE TABLE _ref_t_new (LIKE ref_t)").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE _ref_t_new (LIKE ref_t)")
+        .await
+        .unwrap();
     let msg = refused(&dsn, "ref_t", "ALTER COLUMN k TYPE bigint", true).await;
-    assert!(msg.contains("leftovers") && msg.contains("swivel cleanup"), "{msg}");
-    let removed = swivel::postgres::cleanup_leftovers(&dsn, None, "ref_t").await.unwrap();
+    assert!(
+        msg.contains("leftovers") && msg.contains("swivel cleanup"),
+        "{msg}"
+    );
+    let removed = swivel::postgres::cleanup_leftovers(&dsn, None, "ref_t")
+        .await
+        .unwrap();
     assert_eq!(removed, vec!["table \"public\".\"_ref_t_new\"".to_string()]);
     common::assert_nothing_left(&client, "ref_t").await;
     assert_eq!(checksum(&client, "ref_t").await, before);
@@ -75,9 +94,17 @@ async fn refusals_explain_and_change_nothing() {
 async fn wal_level_must_be_logical() {
     let dsn = common::pg_plain_dsn();
     let client = common::connect(&dsn).await;
-    table(&client, "ref_wal", "CREATE TABLE ref_wal (id int PRIMARY KEY, k int)").await;
+    table(
+        &client,
+        "ref_wal",
+        "CREATE TABLE ref_wal (id int PRIMARY KEY, k int)",
+    )
+    .await;
     let msg = refused(&dsn, "ref_wal", "ALTER COLUMN k TYPE bigint", true).await;
-    assert!(msg.contains("wal_level is replica") && msg.contains("wal_level = logical"), "{msg}");
+    assert!(
+        msg.contains("wal_level is replica") && msg.contains("wal_level = logical"),
+        "{msg}"
+    );
     common::assert_nothing_left(&client, "ref_wal").await;
     // A change that needs no copy needs no logical decoding either: it runs directly.
     let mut opts = RunOptions::new(&dsn, "ref_wal", "ADD COLUMN note text");
@@ -98,11 +125,20 @@ async fn plan_only_changes_nothing() {
     let dsn = common::pg_dsn();
     let client = common::connect(&dsn).await;
     table(&client, "ref_plan", "CREATE TABLE ref_plan (id int PRIMARY KEY, k int); INSERT INTO ref_plan SELECT i, i FROM generate_series(1, 10) i").await;
-    let outcome = swivel::run(RunOptions::new(&dsn, "ref_plan", "ALTER COLUMN k TYPE bigint"), std::future::pending())
-        .await
-        .unwrap();
-    let Outcome::Planned(plan) = outcome else { panic!("expected a plan, got {outcome:?}") };
-    assert!(plan.lines.iter().any(|l| l.contains("shadow table")), "{:?}", plan.lines);
+    let outcome = swivel::run(
+        RunOptions::new(&dsn, "ref_plan", "ALTER COLUMN k TYPE bigint"),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    let Outcome::Planned(plan) = outcome else {
+        panic!("expected a plan, got {outcome:?}")
+    };
+    assert!(
+        plan.lines.iter().any(|l| l.contains("shadow table")),
+        "{:?}",
+        plan.lines
+    );
     let k_type: String = client
         .query_one("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'ref_plan'::regclass AND attname = 'k'", &[])
         .await

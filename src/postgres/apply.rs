@@ -45,7 +45,11 @@ pub fn upsert_sql(names: &Names, shadow: &ShadowInfo, from: &str) -> String {
     let conflict = if updates.is_empty() {
         format!("ON CONFLICT ({}) DO NOTHING", keys.join(", "))
     } else {
-        format!("ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), updates.join(", "))
+        format!(
+            "ON CONFLICT ({}) DO UPDATE SET {}",
+            keys.join(", "),
+            updates.join(", ")
+        )
     };
     let target = names.shadow_q();
     if shadow.uniques.is_empty() {
@@ -55,14 +59,20 @@ pub fn upsert_sql(names: &Names, shadow: &ShadowInfo, from: &str) -> String {
             shadow.exprs.join(", ")
         );
     }
-    let aliased: Vec<String> =
-        shadow.exprs.iter().zip(&targets).map(|(e, t)| format!("{e} AS {t}")).collect();
+    let aliased: Vec<String> = shadow
+        .exprs
+        .iter()
+        .zip(&targets)
+        .map(|(e, t)| format!("{e} AS {t}"))
+        .collect();
     let collides: Vec<String> = shadow
         .uniques
         .iter()
         .map(|cols| {
-            let eq: Vec<String> =
-                cols.iter().map(|c| format!("s.{0} = src.{0}", quote_ident(c))).collect();
+            let eq: Vec<String> = cols
+                .iter()
+                .map(|c| format!("s.{0} = src.{0}", quote_ident(c)))
+                .collect();
             format!("({})", eq.join(" AND "))
         })
         .collect();
@@ -93,13 +103,29 @@ impl Statements {
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("${}::text::{} AS {}", i + 1, c.type_sql, quote_ident(&c.name)))
+            .map(|(i, c)| {
+                format!(
+                    "${}::text::{} AS {}",
+                    i + 1,
+                    c.type_sql,
+                    quote_ident(&c.name)
+                )
+            })
             .collect();
-        let upsert = upsert_sql(names, shadow, &format!("(SELECT {}) AS t", values.join(", ")));
+        let upsert = upsert_sql(
+            names,
+            shadow,
+            &format!("(SELECT {}) AS t", values.join(", ")),
+        );
         let read_back = upsert_sql(
             names,
             shadow,
-            &format!("ONLY {} AS t WHERE {} = {}", names.source(), table.key_list(), table.key_params(1)),
+            &format!(
+                "ONLY {} AS t WHERE {} = {}",
+                names.source(),
+                table.key_list(),
+                table.key_params(1)
+            ),
         );
         let shadow_keys: Vec<String> = shadow.key_targets.iter().map(|k| quote_ident(k)).collect();
         let delete = format!(
@@ -127,7 +153,10 @@ impl Statements {
 
     /// Apply `batch` in order, in one transaction, the statements pipelined.
     pub async fn apply(&self, client: &Client, batch: &[Change]) -> Result<()> {
-        client.batch_execute("BEGIN").await.ctx("starting a replay batch")?;
+        client
+            .batch_execute("BEGIN")
+            .await
+            .ctx("starting a replay batch")?;
         let replays = batch.iter().map(|change| async move {
             match change {
                 Change::Upsert(values) => {
@@ -149,8 +178,14 @@ impl Statements {
         });
         if let Err(e) = try_join_all(replays).await {
             let _ = client.batch_execute("ROLLBACK").await;
-            return Err(crate::error::Error::pg("replaying changes on the shadow table", e));
+            return Err(crate::error::Error::pg(
+                "replaying changes on the shadow table",
+                e,
+            ));
         }
-        client.batch_execute("COMMIT").await.ctx("committing a replay batch")
+        client
+            .batch_execute("COMMIT")
+            .await
+            .ctx("committing a replay batch")
     }
 }

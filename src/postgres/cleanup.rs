@@ -21,7 +21,9 @@ async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
         // A temporary slot disappears with its session; a leftover permanent one is dropped.
         let remaining: i64 = client
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
             .await
             .ctx("looking for the slot")?
             .get(0);
@@ -37,7 +39,9 @@ async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
             .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(Error::Stream(format!("replication slot {slot} is still active; drop it with pg_drop_replication_slot")))
+    Err(Error::Stream(format!(
+        "replication slot {slot} is still active; drop it with pg_drop_replication_slot"
+    )))
 }
 
 pub async fn after_run(b: &mut PgBackend, succeeded: bool) -> Result<()> {
@@ -52,23 +56,35 @@ pub async fn after_run(b: &mut PgBackend, succeeded: bool) -> Result<()> {
     let (client, _) = b.target.connect("cleanup").await?;
     if !succeeded {
         client
-            .execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", &[&b.pids])
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
+                &[&b.pids],
+            )
             .await
             .ctx("ending the run's sessions")?;
     }
     drop_slot(&client, &names.slot).await?;
     if b.created_publication {
         client
-            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&names.publication)))
+            .batch_execute(&format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                quote_ident(&names.publication)
+            ))
             .await
             .ctx("dropping the publication")?;
     }
     if succeeded {
         // The new table has no statistics yet; the planner needs them right away.
-        client.batch_execute(&format!("ANALYZE {}", names.source())).await.ctx("analyzing the new table")?;
+        client
+            .batch_execute(&format!("ANALYZE {}", names.source()))
+            .await
+            .ctx("analyzing the new table")?;
         if b.opts.drop_old_table {
             client
-                .batch_execute(&format!("DROP TABLE IF EXISTS {}", names.qualified(&names.old)))
+                .batch_execute(&format!(
+                    "DROP TABLE IF EXISTS {}",
+                    names.qualified(&names.old)
+                ))
                 .await
                 .ctx("dropping the old table")?;
         }
@@ -80,14 +96,21 @@ pub async fn after_run(b: &mut PgBackend, succeeded: bool) -> Result<()> {
 
 async fn drop_shadow(client: &Client, names: &Names) -> Result<()> {
     client
-        .batch_execute(&format!("SET lock_timeout = '10s'; DROP TABLE IF EXISTS {}", names.shadow_q()))
+        .batch_execute(&format!(
+            "SET lock_timeout = '10s'; DROP TABLE IF EXISTS {}",
+            names.shadow_q()
+        ))
         .await
         .ctx("dropping the shadow table")
 }
 
 /// Remove what a crashed or killed run left for `table`: the shadow table, the publication and
 /// the slot. Never touches the table itself or `_<table>_old`. Returns what it removed.
-pub async fn cleanup_leftovers(dsn: &str, password: Option<&str>, table: &str) -> Result<Vec<String>> {
+pub async fn cleanup_leftovers(
+    dsn: &str,
+    password: Option<&str>,
+    table: &str,
+) -> Result<Vec<String>> {
     let target = PgTarget::parse(dsn, password)?;
     let (client, _) = target.connect("cleanup").await?;
     let row = client
@@ -115,7 +138,10 @@ pub async fn cleanup_leftovers(dsn: &str, password: Option<&str>, table: &str) -
     }
     let mut removed = Vec::new();
     let slots: i64 = client
-        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&names.slot])
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&names.slot],
+        )
         .await
         .ctx("looking for the slot")?
         .get(0);
@@ -124,13 +150,19 @@ pub async fn cleanup_leftovers(dsn: &str, password: Option<&str>, table: &str) -
         removed.push(format!("replication slot {}", names.slot));
     }
     let publications: i64 = client
-        .query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&names.publication])
+        .query_one(
+            "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+            &[&names.publication],
+        )
         .await
         .ctx("looking for the publication")?
         .get(0);
     if publications > 0 {
         client
-            .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(&names.publication)))
+            .batch_execute(&format!(
+                "DROP PUBLICATION {}",
+                quote_ident(&names.publication)
+            ))
             .await
             .ctx("dropping the publication")?;
         removed.push(format!("publication {}", names.publication));

@@ -38,7 +38,10 @@ impl PgTarget {
             ))
         })?;
         if config.get_password().is_none() {
-            if let Some(p) = password.map(str::to_string).or_else(|| std::env::var("PGPASSWORD").ok()) {
+            if let Some(p) = password
+                .map(str::to_string)
+                .or_else(|| std::env::var("PGPASSWORD").ok())
+            {
                 config.password(p);
             }
         }
@@ -85,7 +88,10 @@ impl PgTarget {
                 tracing::debug!("connection closed: {e}");
             }
         });
-        client.batch_execute(SESSION_SETTINGS).await.ctx("setting up the session")?;
+        client
+            .batch_execute(SESSION_SETTINGS)
+            .await
+            .ctx("setting up the session")?;
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await

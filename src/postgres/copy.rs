@@ -8,18 +8,25 @@ use crate::error::{Error, PgContext, Result};
 use crate::watermark::Key;
 
 fn key_texts(key: Option<&Key>) -> Vec<String> {
-    key.map(|k| k.iter().map(|p| p.to_sql_text()).collect()).unwrap_or_default()
+    key.map(|k| k.iter().map(|p| p.to_sql_text()).collect())
+        .unwrap_or_default()
 }
 
 fn params(values: &[String]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-    values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect()
+    values
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
 }
 
 pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
     let table = b.table()?;
     let source = b.names()?.source();
-    let cols: Vec<String> =
-        table.key.iter().map(|k| format!("{}::text", super::quote_ident(&k.name))).collect();
+    let cols: Vec<String> = table
+        .key
+        .iter()
+        .map(|k| format!("{}::text", super::quote_ident(&k.name)))
+        .collect();
     let order = table.key_list();
     let filter = match after {
         Some(_) => format!("WHERE {order} > {}", table.key_params(1)),
@@ -32,8 +39,14 @@ pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Res
         rows.saturating_sub(1)
     );
     let values = key_texts(after);
-    let copier = b.copier.as_ref().ok_or_else(|| Error::Stream("no copy session".into()))?;
-    let row = copier.query_opt(&sql, &params(&values)).await.ctx("finding the chunk's end")?;
+    let copier = b
+        .copier
+        .as_ref()
+        .ok_or_else(|| Error::Stream("no copy session".into()))?;
+    let row = copier
+        .query_opt(&sql, &params(&values))
+        .await
+        .ctx("finding the chunk's end")?;
     match row {
         None => Ok(None),
         Some(r) => {
@@ -75,8 +88,16 @@ pub async fn copy_chunk(
         filter.push(format!("{order} <= {}", table.key_params(values.len() + 1)));
         values.extend(key_texts(upto));
     }
-    let filter = if filter.is_empty() { String::new() } else { format!("WHERE {}", filter.join(" AND ")) };
-    let targets: Vec<String> = shadow.targets.iter().map(|t| super::quote_ident(t)).collect();
+    let filter = if filter.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", filter.join(" AND "))
+    };
+    let targets: Vec<String> = shadow
+        .targets
+        .iter()
+        .map(|t| super::quote_ident(t))
+        .collect();
     let sql = format!(
         "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} {filter} ON CONFLICT DO NOTHING",
         names.shadow_q(),
@@ -84,7 +105,10 @@ pub async fn copy_chunk(
         shadow.exprs.join(", "),
         names.source()
     );
-    let copier = b.copier.as_ref().ok_or_else(|| Error::Stream("no copy session".into()))?;
+    let copier = b
+        .copier
+        .as_ref()
+        .ok_or_else(|| Error::Stream("no copy session".into()))?;
     let statement = copier.prepare(&sql).await.ctx("preparing the chunk copy")?;
     let mut attempt = 0u32;
     loop {
@@ -121,7 +145,9 @@ pub async fn copy_chunk(
             Ok(None) if attempt < 10_000 => {}
             Ok(None) => {
                 let _ = copier.batch_execute("ROLLBACK").await;
-                return Err(Error::Stream("a replayed transaction never became visible to the copy".into()));
+                return Err(Error::Stream(
+                    "a replayed transaction never became visible to the copy".into(),
+                ));
             }
             Err(e) if matches!(e.sqlstate(), Some("40001" | "40P01")) && attempt < 100 => {
                 tracing::debug!("chunk retried after {e}");

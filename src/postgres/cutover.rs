@@ -23,7 +23,10 @@ pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
     let (marker_client, pid) = b.target.connect("marker").await?;
     b.pids.push(pid);
     let swap = swap_statements(&client, b, &names).await?;
-    let tail = b.tail.as_ref().ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
+    let tail = b
+        .tail
+        .as_ref()
+        .ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
 
     // Wait for the applier to catch up, so the lock is held for milliseconds, not seconds.
     while tail.lag() > b.opts.max_lag {
@@ -54,13 +57,23 @@ pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
                 // Every write to the table committed before this message: once the applier
                 // reaches it, the shadow table holds them all.
                 let marker = u64::from(attempt);
-                super::tail::emit(&marker_client, tail.prefix(), &format!("cutover:{marker}")).await?;
-                if tail.wait_marker(marker, b.opts.cut_over_lock_timeout).await? {
+                super::tail::emit(&marker_client, tail.prefix(), &format!("cutover:{marker}"))
+                    .await?;
+                if tail
+                    .wait_marker(marker, b.opts.cut_over_lock_timeout)
+                    .await?
+                {
                     let swapped = client.batch_execute(&swap).await.ctx("swapping the tables");
                     match swapped {
                         Ok(()) => {
-                            client.batch_execute("COMMIT").await.ctx("committing the cut-over")?;
-                            return Ok(CutoverReport { attempts: attempt, lock_held: lock_started.elapsed() });
+                            client
+                                .batch_execute("COMMIT")
+                                .await
+                                .ctx("committing the cut-over")?;
+                            return Ok(CutoverReport {
+                                attempts: attempt,
+                                lock_held: lock_started.elapsed(),
+                            });
                         }
                         Err(e) if e.sqlstate() == Some("55P03") => {
                             format!("the rename's lock wait exceeded {timeout_ms}ms")
@@ -76,7 +89,9 @@ pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
             }
         };
         let _ = client.batch_execute("ROLLBACK").await;
-        tracing::warn!("cut-over attempt {attempt}/{attempts}: {why}; the table is released, retrying");
+        tracing::warn!(
+            "cut-over attempt {attempt}/{attempts}: {why}; the table is released, retrying"
+        );
         tokio::time::sleep(backoff(attempt)).await;
     }
     Err(Error::Cutover(format!(
@@ -97,10 +112,17 @@ fn fit(name: String) -> String {
 async fn swap_statements(client: &Client, b: &PgBackend, names: &Names) -> Result<String> {
     let table = b.table()?;
     let shadow = b.shadow()?;
-    let renamed: HashMap<&str, &str> =
-        b.alter.renames.iter().map(|(o, n)| (o.as_str(), n.as_str())).collect();
+    let renamed: HashMap<&str, &str> = b
+        .alter
+        .renames
+        .iter()
+        .map(|(o, n)| (o.as_str(), n.as_str()))
+        .collect();
     let to_shadow = |col: &str| renamed.get(col).copied().unwrap_or(col).to_string();
-    let mut sql = vec![format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", names.source())];
+    let mut sql = vec![format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+        names.source()
+    )];
 
     // Sequences: a serial's sequence is owned by the old table and would be dropped with it;
     // an identity column has a sequence of its own on each table: carry the position over.
@@ -149,9 +171,17 @@ async fn swap_statements(client: &Client, b: &PgBackend, names: &Names) -> Resul
             .ctx("reading index names")
     };
     let old = indexes(table.oid.to_string()).await?;
-    let mut new = indexes(format!("{}::regclass", super::quote_literal(&names.shadow_q()))).await?;
+    let mut new = indexes(format!(
+        "{}::regclass",
+        super::quote_literal(&names.shadow_q())
+    ))
+    .await?;
     for o in &old {
-        let cols: Vec<String> = o.get::<_, Vec<String>>(4).iter().map(|c| to_shadow(c)).collect();
+        let cols: Vec<String> = o
+            .get::<_, Vec<String>>(4)
+            .iter()
+            .map(|c| to_shadow(c))
+            .collect();
         let matches = |n: &tokio_postgres::Row| {
             n.get::<_, bool>(1) == o.get::<_, bool>(1)
                 && n.get::<_, bool>(2) == o.get::<_, bool>(2)
@@ -164,12 +194,28 @@ async fn swap_statements(client: &Client, b: &PgBackend, names: &Names) -> Resul
             let n = new.remove(pos);
             let (old_name, new_name): (String, String) = (o.get(0), n.get(0));
             let parked = fit(format!("_{old_name}_old"));
-            sql.push(format!("ALTER INDEX {} RENAME TO {}", names.qualified(&old_name), quote_ident(&parked)));
-            sql.push(format!("ALTER INDEX {} RENAME TO {}", names.qualified(&new_name), quote_ident(&old_name)));
+            sql.push(format!(
+                "ALTER INDEX {} RENAME TO {}",
+                names.qualified(&old_name),
+                quote_ident(&parked)
+            ));
+            sql.push(format!(
+                "ALTER INDEX {} RENAME TO {}",
+                names.qualified(&new_name),
+                quote_ident(&old_name)
+            ));
         }
     }
 
-    sql.push(format!("ALTER TABLE {} RENAME TO {}", names.source(), quote_ident(&names.old)));
-    sql.push(format!("ALTER TABLE {} RENAME TO {}", names.shadow_q(), quote_ident(&names.table)));
+    sql.push(format!(
+        "ALTER TABLE {} RENAME TO {}",
+        names.source(),
+        quote_ident(&names.old)
+    ));
+    sql.push(format!(
+        "ALTER TABLE {} RENAME TO {}",
+        names.shadow_q(),
+        quote_ident(&names.table)
+    ));
     Ok(sql.join(";\n"))
 }

@@ -50,7 +50,10 @@ impl TableInfo {
             .zip(values)
             .map(|(col, v)| match col.kind {
                 KeyKind::Int => v.parse::<i64>().map(KeyPart::Int).map_err(|_| {
-                    Error::Stream(format!("key column {} has a non-integer value {v:?}", col.name))
+                    Error::Stream(format!(
+                        "key column {} has a non-integer value {v:?}",
+                        col.name
+                    ))
                 }),
                 KeyKind::Text => Ok(KeyPart::Text(v.to_string())),
             })
@@ -83,7 +86,10 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
     let mut lines = Vec::new();
     let client = &b.ctl;
     let version = one_string(client, "SHOW server_version", "reading the server version").await?;
-    lines.push(format!("server: PostgreSQL {version} at {}", b.target.describe()));
+    lines.push(format!(
+        "server: PostgreSQL {version} at {}",
+        b.target.describe()
+    ));
 
     let row = client
         .query_opt(
@@ -138,7 +144,8 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
     }
     if !owner {
         return refuse(
-            "is owned by another role; connect as its owner (or a member of the owning role)".into(),
+            "is owned by another role; connect as its owner (or a member of the owning role)"
+                .into(),
         );
     }
     if names.shadow.len() > 63 {
@@ -158,11 +165,18 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
         .await
         .ctx("reading the columns")?
         .iter()
-        .map(|r| Column { name: r.get(0), type_sql: r.get(1) })
+        .map(|r| Column {
+            name: r.get(0),
+            type_sql: r.get(1),
+        })
         .collect();
 
-    let db_collate =
-        one_string(client, "SELECT datcollate::text FROM pg_database WHERE datname = current_database()", "reading the collation").await?;
+    let db_collate = one_string(
+        client,
+        "SELECT datcollate::text FROM pg_database WHERE datname = current_database()",
+        "reading the collation",
+    )
+    .await?;
     let key_rows = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), t.typname::text,
@@ -198,45 +212,76 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
                 "primary key column {name} has type {type_sql}; swivel orders keys of integer, uuid and text COLLATE \"C\" columns")),
         };
         let position = columns.iter().position(|c| c.name == name).ok_or_else(|| {
-            Error::refused(format!("{source}: primary key column {name} is a generated column"))
+            Error::refused(format!(
+                "{source}: primary key column {name} is a generated column"
+            ))
         })?;
-        key.push(KeyColumn { name, type_sql, kind, position });
+        key.push(KeyColumn {
+            name,
+            type_sql,
+            kind,
+            position,
+        });
     }
     if !matches!(replident, "d" | "f") {
         return refuse("has REPLICA IDENTITY NOTHING or USING INDEX; swivel needs the primary key (DEFAULT) or FULL to replay updates and deletes: ALTER TABLE … REPLICA IDENTITY DEFAULT".into());
     }
     if rls {
-        return refuse("has row-level security enabled; its policies are not carried over yet".into());
+        return refuse(
+            "has row-level security enabled; its policies are not carried over yet".into(),
+        );
     }
 
-    let list = |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
-    let views = list(client.query(
-        "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d
+    let list =
+        |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
+    let views = list(
+        client
+            .query(
+                "SELECT DISTINCT v.oid::regclass::text FROM pg_depend d
          JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
          WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = $1 AND v.oid <> $1",
-        &[&oid]).await.ctx("looking for dependent views")?);
+                &[&oid],
+            )
+            .await
+            .ctx("looking for dependent views")?,
+    );
     if !views.is_empty() {
         return refuse(format!("views depend on it ({}); a rename swap would leave them on the old table. Drop them and re-create them after the migration", views.join(", ")));
     }
-    let fks = list(client.query(
-        "SELECT conname::text || ' on ' || conrelid::regclass::text FROM pg_constraint
+    let fks = list(
+        client
+            .query(
+                "SELECT conname::text || ' on ' || conrelid::regclass::text FROM pg_constraint
          WHERE contype = 'f' AND (conrelid = $1 OR confrelid = $1)",
-        &[&oid]).await.ctx("looking for foreign keys")?);
+                &[&oid],
+            )
+            .await
+            .ctx("looking for foreign keys")?,
+    );
     if !fks.is_empty() {
         return refuse(format!("foreign keys involve it ({}); swivel does not carry foreign keys over yet. Drop them for the migration and re-add them with NOT VALID + VALIDATE afterwards", fks.join(", ")));
     }
-    let triggers = list(client.query(
-        "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal",
-        &[&oid]).await.ctx("looking for triggers")?);
+    let triggers = list(
+        client
+            .query(
+                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1 AND NOT tgisinternal",
+                &[&oid],
+            )
+            .await
+            .ctx("looking for triggers")?,
+    );
     if !triggers.is_empty() {
-        return refuse(format!("has triggers ({}), which swivel does not carry over yet", triggers.join(", ")));
+        return refuse(format!(
+            "has triggers ({}), which swivel does not carry over yet",
+            triggers.join(", ")
+        ));
     }
     let leftovers = list(client.query(
         "SELECT relname::text FROM pg_class WHERE relnamespace = to_regnamespace($1)::oid AND relname = ANY($2)
          UNION ALL SELECT pubname::text FROM pg_publication WHERE pubname = $3
          UNION ALL SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $3",
         &[&names.schema, &vec![names.shadow.clone(), names.old.clone()], &names.publication]).await.ctx("looking for leftovers")?);
-    if leftovers.iter().any(|l| *l == names.old) {
+    if leftovers.contains(&names.old) {
         return refuse(format!("{} exists, from an earlier migration; drop or rename it first (it is the table swivel keeps after a cut-over)", names.qualified(&names.old)));
     }
     if !leftovers.is_empty() {
@@ -253,8 +298,13 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
             )));
         }
         let replication: bool = client
-            .query_one("SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user", &[])
-            .await.ctx("reading the role's privileges")?.get(0);
+            .query_one(
+                "SELECT rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .ctx("reading the role's privileges")?
+            .get(0);
         if !replication {
             return Err(Error::refused("the connecting role lacks the REPLICATION attribute, needed for a replication slot: ALTER ROLE … REPLICATION"));
         }
@@ -262,29 +312,45 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
             .query_one("SELECT current_setting('max_replication_slots')::int - count(*) FROM pg_replication_slots", &[])
             .await.ctx("counting replication slots")?.get(0);
         if free_slots < 1 {
-            return Err(Error::refused("no free replication slot: raise max_replication_slots or drop an unused slot"));
+            return Err(Error::refused(
+                "no free replication slot: raise max_replication_slots or drop an unused slot",
+            ));
         }
     }
     if estimated_rows == 0 {
         // Never analyzed: count, so progress and ETA mean something.
         estimated_rows = client
             .query_one(&format!("SELECT count(*) FROM ONLY {source}"), &[])
-            .await.ctx("counting rows")?.get::<_, i64>(0) as u64;
+            .await
+            .ctx("counting rows")?
+            .get::<_, i64>(0) as u64;
     }
 
     let table = TableInfo { oid, columns, key };
     // Try the ALTER on an empty copy, so the server's own objections show now.
     client
-        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{}ms'", b.opts.cut_over_lock_timeout.as_millis()))
-        .await.ctx("starting the trial transaction")?;
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+            b.opts.cut_over_lock_timeout.as_millis()
+        ))
+        .await
+        .ctx("starting the trial transaction")?;
     let trial = shadow::build(client, &names, &table, &b.alter).await;
-    client.batch_execute("ROLLBACK").await.ctx("rolling back the trial")?;
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .ctx("rolling back the trial")?;
     let shadow_info = trial?;
 
-    lines.push(format!("table: {source}, about {estimated_rows} rows, key {}", table.key_list()));
+    lines.push(format!(
+        "table: {source}, about {estimated_rows} rows, key {}",
+        table.key_list()
+    ));
     lines.push(format!("change: ALTER TABLE {source} {}", b.alter.actions));
     if b.alter.metadata_only {
-        lines.push("the change needs no rewrite: it runs directly under lock_timeout, no copy".into());
+        lines.push(
+            "the change needs no rewrite: it runs directly under lock_timeout, no copy".into(),
+        );
     } else {
         lines.push(format!(
             "plan: shadow table {}, publication and temporary slot {}, copy {} columns in key order, replay changes, swap names under lock_timeout {}ms ({} retries)",
@@ -292,12 +358,19 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
             b.opts.cut_over_lock_timeout.as_millis(), b.opts.cut_over_retries
         ));
         if !shadow_info.uniques.is_empty() {
-            lines.push(format!("unique indexes besides the key: {}; replayed rows replace rows they collide with", shadow_info.uniques.len()));
+            lines.push(format!(
+                "unique indexes besides the key: {}; replayed rows replace rows they collide with",
+                shadow_info.uniques.len()
+            ));
         }
     }
     b.table = Some(table);
     b.names = Some(names);
-    Ok(PlanReport { lines, metadata_only: b.alter.metadata_only, estimated_rows })
+    Ok(PlanReport {
+        lines,
+        metadata_only: b.alter.metadata_only,
+        estimated_rows,
+    })
 }
 
 pub async fn run_metadata_only(b: &mut PgBackend) -> Result<()> {

@@ -128,15 +128,21 @@ impl PgBackend {
     }
 
     fn table(&self) -> Result<&TableInfo> {
-        self.table.as_ref().ok_or_else(|| Error::Stream("the table was not inspected".into()))
+        self.table
+            .as_ref()
+            .ok_or_else(|| Error::Stream("the table was not inspected".into()))
     }
 
     fn names(&self) -> Result<&Names> {
-        self.names.as_ref().ok_or_else(|| Error::Stream("the table was not inspected".into()))
+        self.names
+            .as_ref()
+            .ok_or_else(|| Error::Stream("the table was not inspected".into()))
     }
 
     fn shadow(&self) -> Result<&ShadowInfo> {
-        self.shadow.as_ref().ok_or_else(|| Error::Stream("the shadow table was not created".into()))
+        self.shadow
+            .as_ref()
+            .ok_or_else(|| Error::Stream("the shadow table was not created".into()))
     }
 }
 

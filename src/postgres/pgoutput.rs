@@ -25,13 +25,30 @@ pub struct RelationColumn {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    Relation { id: u32, namespace: String, name: String, columns: Vec<RelationColumn> },
-    Insert { relation: u32, new: Tuple },
+    Relation {
+        id: u32,
+        namespace: String,
+        name: String,
+        columns: Vec<RelationColumn>,
+    },
+    Insert {
+        relation: u32,
+        new: Tuple,
+    },
     /// `old` is the key ('K', when the key changed) or the whole old row ('O', replica
     /// identity full); None when the key did not change.
-    Update { relation: u32, old: Option<Tuple>, new: Tuple },
-    Delete { relation: u32, old: Tuple },
-    Truncate { relations: Vec<u32> },
+    Update {
+        relation: u32,
+        old: Option<Tuple>,
+        new: Tuple,
+    },
+    Delete {
+        relation: u32,
+        old: Tuple,
+    },
+    Truncate {
+        relations: Vec<u32>,
+    },
     /// Type, Origin and other messages swivel has no use for.
     Other(u8),
 }
@@ -108,14 +125,26 @@ pub fn decode(mut buf: Bytes) -> Result<Message, DecodeError> {
                 let name = cstr(&mut buf, "column name")?;
                 let type_oid = u32_(&mut buf, "column type")?;
                 let _typmod = u32_(&mut buf, "column typmod")?;
-                columns.push(RelationColumn { name, type_oid, is_key: flags & 1 == 1 });
+                columns.push(RelationColumn {
+                    name,
+                    type_oid,
+                    is_key: flags & 1 == 1,
+                });
             }
-            Ok(Message::Relation { id, namespace, name, columns })
+            Ok(Message::Relation {
+                id,
+                namespace,
+                name,
+                columns,
+            })
         }
         b'I' => {
             let relation = u32_(&mut buf, "insert")?;
             match u8_(&mut buf, "insert")? {
-                b'N' => Ok(Message::Insert { relation, new: tuple(&mut buf)? }),
+                b'N' => Ok(Message::Insert {
+                    relation,
+                    new: tuple(&mut buf)?,
+                }),
                 k => Err(DecodeError(format!("insert without new tuple ({k})"))),
             }
         }
@@ -130,19 +159,28 @@ pub fn decode(mut buf: Bytes) -> Result<Message, DecodeError> {
             if kind != b'N' {
                 return Err(DecodeError(format!("update without new tuple ({kind})")));
             }
-            Ok(Message::Update { relation, old, new: tuple(&mut buf)? })
+            Ok(Message::Update {
+                relation,
+                old,
+                new: tuple(&mut buf)?,
+            })
         }
         b'D' => {
             let relation = u32_(&mut buf, "delete")?;
             match u8_(&mut buf, "delete")? {
-                b'K' | b'O' => Ok(Message::Delete { relation, old: tuple(&mut buf)? }),
+                b'K' | b'O' => Ok(Message::Delete {
+                    relation,
+                    old: tuple(&mut buf)?,
+                }),
                 k => Err(DecodeError(format!("delete without old tuple ({k})"))),
             }
         }
         b'T' => {
             let n = u32_(&mut buf, "truncate")?;
             let _options = u8_(&mut buf, "truncate")?;
-            let relations = (0..n).map(|_| u32_(&mut buf, "truncate")).collect::<Result<_, _>>()?;
+            let relations = (0..n)
+                .map(|_| u32_(&mut buf, "truncate"))
+                .collect::<Result<_, _>>()?;
             Ok(Message::Truncate { relations })
         }
         other => Ok(Message::Other(other)),
@@ -188,10 +226,19 @@ pub(crate) mod tests {
             b.put_u32(oid);
             b.put_i32(-1);
         }
-        let Message::Relation { id, namespace, name, columns } = decode(b.freeze()).unwrap() else {
+        let Message::Relation {
+            id,
+            namespace,
+            name,
+            columns,
+        } = decode(b.freeze()).unwrap()
+        else {
             panic!("not a relation")
         };
-        assert_eq!((id, namespace.as_str(), name.as_str()), (16384, "public", "t"));
+        assert_eq!(
+            (id, namespace.as_str(), name.as_str()),
+            (16384, "public", "t")
+        );
         assert_eq!(columns.len(), 2);
         assert!(columns[0].is_key && !columns[1].is_key);
         assert_eq!(columns[1].type_oid, 25);
@@ -226,21 +273,32 @@ pub(crate) mod tests {
         put_tuple(&mut b, &[t("1"), t("héllo")]);
         assert_eq!(
             decode(b.freeze()).unwrap(),
-            Message::Insert { relation: 7, new: vec![t("1"), t("héllo")] }
+            Message::Insert {
+                relation: 7,
+                new: vec![t("1"), t("héllo")]
+            }
         );
         let mut b = BytesMut::new();
         b.put_u8(b'D');
         b.put_u32(7);
         b.put_u8(b'K');
         put_tuple(&mut b, &[t("1"), Value::Null]);
-        assert!(matches!(decode(b.freeze()).unwrap(), Message::Delete { relation: 7, .. }));
+        assert!(matches!(
+            decode(b.freeze()).unwrap(),
+            Message::Delete { relation: 7, .. }
+        ));
         let mut b = BytesMut::new();
         b.put_u8(b'T');
         b.put_u32(2);
         b.put_u8(0);
         b.put_u32(7);
         b.put_u32(8);
-        assert_eq!(decode(b.freeze()).unwrap(), Message::Truncate { relations: vec![7, 8] });
+        assert_eq!(
+            decode(b.freeze()).unwrap(),
+            Message::Truncate {
+                relations: vec![7, 8]
+            }
+        );
     }
 
     #[test]

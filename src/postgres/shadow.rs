@@ -59,10 +59,16 @@ pub async fn build(
         )
         .await
         .ctx("reading the shadow table's columns")?;
-    let renamed_from: HashMap<&str, &str> =
-        alter.renames.iter().map(|(old, new)| (new.as_str(), old.as_str())).collect();
-    let using: HashMap<&str, &str> =
-        alter.using.iter().map(|(c, e)| (c.as_str(), e.as_str())).collect();
+    let renamed_from: HashMap<&str, &str> = alter
+        .renames
+        .iter()
+        .map(|(old, new)| (new.as_str(), old.as_str()))
+        .collect();
+    let using: HashMap<&str, &str> = alter
+        .using
+        .iter()
+        .map(|(c, e)| (c.as_str(), e.as_str()))
+        .collect();
     let mut targets = Vec::new();
     let mut exprs = Vec::new();
     for r in &rows {
@@ -136,7 +142,12 @@ pub async fn build(
         }
         uniques.push(cols);
     }
-    Ok(ShadowInfo { targets, exprs, key_targets, uniques })
+    Ok(ShadowInfo {
+        targets,
+        exprs,
+        key_targets,
+        uniques,
+    })
 }
 
 /// Create the shadow table for real, with the source's owner and grants.
@@ -159,7 +170,10 @@ pub async fn create(b: &mut PgBackend) -> Result<()> {
     let (owner, me): (String, String) = (row.get(0), row.get(1));
     if owner != me {
         b.ctl
-            .batch_execute(&format!("ALTER TABLE {shadow} OWNER TO {}", quote_ident(&owner)))
+            .batch_execute(&format!(
+                "ALTER TABLE {shadow} OWNER TO {}",
+                quote_ident(&owner)
+            ))
             .await
             .ctx("giving the shadow table the source's owner")?;
     }
@@ -176,10 +190,13 @@ pub async fn create(b: &mut PgBackend) -> Result<()> {
         .await
         .ctx("reading the table's grants")?;
     for g in grants {
-        let (privilege, grantee, grantable): (String, String, bool) = (g.get(0), g.get(1), g.get(2));
+        let (privilege, grantee, grantable): (String, String, bool) =
+            (g.get(0), g.get(1), g.get(2));
         let option = if grantable { " WITH GRANT OPTION" } else { "" };
         b.ctl
-            .batch_execute(&format!("GRANT {privilege} ON {shadow} TO {grantee}{option}"))
+            .batch_execute(&format!(
+                "GRANT {privilege} ON {shadow} TO {grantee}{option}"
+            ))
             .await
             .ctx("copying grants to the shadow table")?;
     }

@@ -25,7 +25,9 @@ const BATCH: usize = 2000;
 const HEARTBEAT: Duration = Duration::from_millis(200);
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// What the applier shares with the rest of the run.
@@ -55,7 +57,11 @@ pub struct Tail {
 
 impl Tail {
     pub fn check(&self) -> Result<()> {
-        let failure = self.shared.failure.lock().unwrap_or_else(|p| p.into_inner());
+        let failure = self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         match failure.as_ref() {
             Some(why) => Err(Error::Stream(why.clone())),
             None if self.applier.is_finished() => Err(Error::Stream("the applier stopped".into())),
@@ -121,7 +127,9 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         .ctx("creating the publication")?;
     b.created_publication = true;
 
-    let config = b.target.replication_config(&names.slot, &names.publication)?;
+    let config = b
+        .target
+        .replication_config(&names.slot, &names.publication)?;
     let mut repl = ReplicationClient::connect_gated(config)
         .await
         .map_err(|e| Error::Stream(format!("opening the replication session: {e}")))?;
@@ -132,8 +140,12 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
     ))
     .await
     .map_err(|e| Error::Stream(format!("creating the replication slot {}: {e}", names.slot)))?;
-    repl.start().await.map_err(|e| Error::Stream(format!("starting replication: {e}")))?;
-    repl.wait_started().await.map_err(|e| Error::Stream(format!("starting replication: {e}")))?;
+    repl.start()
+        .await
+        .map_err(|e| Error::Stream(format!("starting replication: {e}")))?;
+    repl.wait_started()
+        .await
+        .map_err(|e| Error::Stream(format!("starting replication: {e}")))?;
 
     let (client, pid) = b.target.connect("apply").await?;
     b.pids.push(pid);
@@ -165,8 +177,18 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         relation_checked: false,
     };
     let applier = tokio::spawn(applier.run());
-    let heartbeat = tokio::spawn(heartbeat(heartbeat_client, prefix.clone(), shared.clone(), b.progress.clone()));
-    b.tail = Some(Tail { shared, applier, heartbeat, prefix });
+    let heartbeat = tokio::spawn(heartbeat(
+        heartbeat_client,
+        prefix.clone(),
+        shared.clone(),
+        b.progress.clone(),
+    ));
+    b.tail = Some(Tail {
+        shared,
+        applier,
+        heartbeat,
+        prefix,
+    });
     Ok(())
 }
 
@@ -178,7 +200,9 @@ async fn heartbeat(client: Client, prefix: String, shared: Arc<Shared>, progress
             tracing::warn!("heartbeat failed: {e}");
         }
         let seen = shared.heartbeat_seen.load(Relaxed);
-        progress.lag_ms.store(now_micros().saturating_sub(seen) / 1000, Relaxed);
+        progress
+            .lag_ms
+            .store(now_micros().saturating_sub(seen) / 1000, Relaxed);
     }
 }
 
@@ -228,7 +252,9 @@ impl Applier {
 
     async fn stream(&mut self) -> Result<()> {
         loop {
-            let event = match tokio::time::timeout(Duration::from_millis(20), self.repl.recv()).await {
+            let event = match tokio::time::timeout(Duration::from_millis(20), self.repl.recv())
+                .await
+            {
                 Err(_) => {
                     // Idle: apply what is due, so a quiet table still converges.
                     self.release_held();
@@ -245,14 +271,17 @@ impl Applier {
                     self.in_transaction = true;
                 }
                 ReplicationEvent::XLogData { data, .. } => {
-                    let message = pgoutput::decode(data).map_err(|e| Error::Stream(e.to_string()))?;
+                    let message =
+                        pgoutput::decode(data).map_err(|e| Error::Stream(e.to_string()))?;
                     self.on_message(message)?;
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     self.in_transaction = false;
                     self.last_commit = Some(end_lsn);
                 }
-                ReplicationEvent::Message { prefix, content, .. } if prefix == self.prefix => {
+                ReplicationEvent::Message {
+                    prefix, content, ..
+                } if prefix == self.prefix => {
                     self.on_control(&String::from_utf8_lossy(&content)).await?;
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -295,7 +324,8 @@ impl Applier {
         match message {
             Message::Relation { columns, .. } => {
                 let sent: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
-                let expected: Vec<&str> = self.table.columns.iter().map(|c| c.name.as_str()).collect();
+                let expected: Vec<&str> =
+                    self.table.columns.iter().map(|c| c.name.as_str()).collect();
                 if sent != expected {
                     return Err(Error::Stream(format!(
                         "the table's columns changed during the migration (now {}); the run stops",
@@ -333,19 +363,26 @@ impl Applier {
             .iter()
             .map(|k| match tuple.get(k.position) {
                 Some(Value::Text(v)) => Ok(v.clone()),
-                _ => Err(Error::Stream(format!("a change came without its key column {}", k.name))),
+                _ => Err(Error::Stream(format!(
+                    "a change came without its key column {}",
+                    k.name
+                ))),
             })
             .collect()
     }
 
     fn route_row(&mut self, new: &Tuple) -> Result<()> {
         if !self.relation_checked {
-            return Err(Error::Stream("a row arrived before its relation description".into()));
+            return Err(Error::Stream(
+                "a row arrived before its relation description".into(),
+            ));
         }
         if new.len() != self.table.columns.len() {
-            return Err(Error::Stream("a row arrived with a different column count".into()));
+            return Err(Error::Stream(
+                "a row arrived with a different column count".into(),
+            ));
         }
-        let change = if new.iter().any(|v| *v == Value::Unchanged) {
+        let change = if new.contains(&Value::Unchanged) {
             Change::ReadBack(self.key_of(new)?)
         } else {
             Change::Upsert(
@@ -366,7 +403,13 @@ impl Applier {
                 .table
                 .key
                 .iter()
-                .map(|k| values.get(k.position).cloned().flatten().unwrap_or_default())
+                .map(|k| {
+                    values
+                        .get(k.position)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default()
+                })
                 .collect(),
             Change::ReadBack(key) | Change::Delete(key) => key.clone(),
         };
@@ -387,10 +430,18 @@ impl Applier {
     }
 
     async fn on_control(&mut self, content: &str) -> Result<()> {
-        if let Some(sent) = content.strip_prefix("hb:").and_then(|t| t.parse::<u64>().ok()) {
+        if let Some(sent) = content
+            .strip_prefix("hb:")
+            .and_then(|t| t.parse::<u64>().ok())
+        {
             self.shared.heartbeat_seen.fetch_max(sent, Relaxed);
-            self.progress.lag_ms.store(now_micros().saturating_sub(sent) / 1000, Relaxed);
-        } else if let Some(n) = content.strip_prefix("cutover:").and_then(|t| t.parse::<u64>().ok()) {
+            self.progress
+                .lag_ms
+                .store(now_micros().saturating_sub(sent) / 1000, Relaxed);
+        } else if let Some(n) = content
+            .strip_prefix("cutover:")
+            .and_then(|t| t.parse::<u64>().ok())
+        {
             self.release_held();
             self.flush().await?;
             if self.held.is_empty() {
@@ -403,7 +454,9 @@ impl Applier {
     async fn flush(&mut self) -> Result<()> {
         if !self.batch.is_empty() {
             self.statements.apply(&self.client, &self.batch).await?;
-            self.progress.changes_applied.fetch_add(self.batch.len() as u64, Relaxed);
+            self.progress
+                .changes_applied
+                .fetch_add(self.batch.len() as u64, Relaxed);
             self.batch.clear();
         }
         // Confirm only what was applied: nothing may be held, and the transaction must be whole.

@@ -14,24 +14,32 @@ pub fn testbed() {
             return;
         }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/testbed.sh");
-        let status = Command::new("bash").arg(script).arg("start").status().expect("running testbed/testbed.sh");
+        let status = Command::new("bash")
+            .arg(script)
+            .arg("start")
+            .status()
+            .expect("running testbed/testbed.sh");
         assert!(status.success(), "testbed/testbed.sh start failed");
     });
 }
 
 pub fn pg_dsn() -> String {
     testbed();
-    std::env::var("SWIVEL_PG_DSN").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/swivel".into())
+    std::env::var("SWIVEL_PG_DSN")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55432/swivel".into())
 }
 
 /// The testbed's PostgreSQL without logical decoding.
 pub fn pg_plain_dsn() -> String {
     testbed();
-    std::env::var("SWIVEL_PG_PLAIN_DSN").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55433/swivel".into())
+    std::env::var("SWIVEL_PG_PLAIN_DSN")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55433/swivel".into())
 }
 
 pub async fn connect(dsn: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await.expect("connecting to the testbed");
+    let (client, connection) = tokio_postgres::connect(dsn, NoTls)
+        .await
+        .expect("connecting to the testbed");
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -69,13 +77,19 @@ pub async fn assert_nothing_left(client: &Client, table: &str) {
     for oid in [oid, old_oid].into_iter().flatten() {
         let name = format!("swivel_{oid}");
         let slots: i64 = client
-            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", &[&name])
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
             .await
             .unwrap()
             .get(0);
         assert_eq!(slots, 0, "replication slot {name} was left behind");
         let pubs: i64 = client
-            .query_one("SELECT count(*) FROM pg_publication WHERE pubname = $1", &[&name])
+            .query_one(
+                "SELECT count(*) FROM pg_publication WHERE pubname = $1",
+                &[&name],
+            )
             .await
             .unwrap()
             .get(0);
