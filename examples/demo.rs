@@ -46,23 +46,26 @@ async fn writer(dsn: String, stop: Arc<AtomicBool>) -> Result<WriterReport> {
     let mut tick = tokio::time::interval(Duration::from_millis(5));
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let id = rng.gen_range(1..=ROWS);
+        let id = rng.gen_range(1..=ROWS) as i32;
         let k: i64 = rng.gen_range(0..1_000_000);
         let started = Instant::now();
         match rng.gen_range(0..10) {
             0..=5 => {
                 if client
-                    .execute("UPDATE demo SET k = $2 WHERE id = $1", &[&id, &(k as i32)])
+                    .execute(
+                        "UPDATE demo SET k = $2::int WHERE id = $1",
+                        &[&id, &(k as i32)],
+                    )
                     .await?
                     == 1
                 {
-                    report.touched.insert(id, Some(k));
+                    report.touched.insert(id.into(), Some(k));
                 }
             }
             6..=7 => {
                 let row = client
                     .query_one(
-                        "INSERT INTO demo (k, c, pad) VALUES ($1, 'demo', 'demo') RETURNING id",
+                        "INSERT INTO demo (k, c, pad) VALUES ($1::int, 'demo', 'demo') RETURNING id",
                         &[&(k as i32)],
                     )
                     .await?;
@@ -72,7 +75,7 @@ async fn writer(dsn: String, stop: Arc<AtomicBool>) -> Result<WriterReport> {
                 client
                     .execute("DELETE FROM demo WHERE id = $1", &[&(id as i32)])
                     .await?;
-                report.touched.insert(id, None);
+                report.touched.insert(id.into(), None);
             }
         }
         let took = started.elapsed();
@@ -98,13 +101,16 @@ async fn main() -> Result<()> {
              CREATE TABLE demo (id serial PRIMARY KEY, k int NOT NULL DEFAULT 0,
                                 c char(120) NOT NULL DEFAULT '', pad char(60) NOT NULL DEFAULT '');
              INSERT INTO demo (k, c, pad)
-               SELECT (i * 7919) % {ROWS}, md5(i::text) || md5((i + 1)::text), md5((i + 2)::text)
+               SELECT (i::bigint * 7919) % {ROWS}, md5(i::text) || md5((i + 1)::text), md5((i + 2)::text)
                FROM generate_series(1, {ROWS}) i;
-             CREATE INDEX k_1 ON demo (k);
-             VACUUM ANALYZE demo;"
+             CREATE INDEX k_1 ON demo (k);"
         ))
         .await
         .context("creating the demo table")?;
+    client
+        .batch_execute("VACUUM ANALYZE demo")
+        .await
+        .context("vacuuming the demo table")?;
     println!(
         "demo: table ready in {:.1}s; starting a writer at ~200 writes/s",
         started.elapsed().as_secs_f64()
