@@ -73,7 +73,7 @@ async fn writer(dsn: String, stop: Arc<AtomicBool>) -> Result<WriterReport> {
             }
             _ => {
                 client
-                    .execute("DELETE FROM demo WHERE id = $1", &[&(id as i32)])
+                    .execute("DELETE FROM demo WHERE id = $1", &[&id])
                     .await?;
                 report.touched.insert(id.into(), None);
             }
