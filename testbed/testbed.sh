@@ -8,12 +8,13 @@
 #
 # PostgreSQL: 127.0.0.1:55432, wal_level=logical, database swivel, user postgres (trust).
 # MariaDB:    127.0.0.1:33306, binlog ROW / FULL, database swivel, user root (no password).
-# Data lives under $SWIVEL_TESTBED_DIR (default: <repo>/testbed/data). The machine's own
-# services on the standard ports are never touched.
+# Data lives under $SWIVEL_TESTBED_DIR (default: /var/tmp/swivel-testbed, one place for the
+# whole machine, so every checkout finds the same instances on the same ports; PostgreSQL's OS
+# user must be able to reach it). The machine's own services on the standard ports are never
+# touched.
 set -euo pipefail
 
-here=$(cd "$(dirname "$0")" && pwd)
-base=${SWIVEL_TESTBED_DIR:-$here/data}
+base=${SWIVEL_TESTBED_DIR:-/var/tmp/swivel-testbed}
 pg_port=${SWIVEL_PG_PORT:-55432}
 my_port=${SWIVEL_MYSQL_PORT:-33306}
 pg_dir=$base/pg

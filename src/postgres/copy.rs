@@ -58,7 +58,8 @@ pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Res
 
 /// Is transaction `xid` (32 bits, as pgoutput's Begin gives it) visible to a snapshot with
 /// `xmax` and in-progress list `xip` (64-bit, as pg_current_snapshot gives them)? The
-/// transaction is known to have committed.
+/// transaction is known to have committed before the snapshot was taken, so its xid is below
+/// `xmax`: one that would not be in the snapshot's epoch is from the previous one.
 pub fn visible(xid: u32, xmax: u64, xip: &[u64]) -> bool {
     let epoch = xmax >> 32;
     let mut full = (epoch << 32) | u64::from(xid);
@@ -176,6 +177,8 @@ mod tests {
         assert!(visible(u32::MAX, xmax, &[]));
         assert!(visible(5, xmax, &[]));
         assert!(!visible(5, xmax, &[(1 << 32) + 5]));
-        assert!(!visible(20, xmax, &[]));
+        // 20 is at or above xmax in epoch 1: it can only be the previous epoch's 20.
+        assert!(visible(20, xmax, &[]));
+        assert!(!visible(20, xmax, &[20]));
     }
 }
