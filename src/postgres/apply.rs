@@ -2,12 +2,12 @@
 //! one transaction with the statements pipelined.
 
 use futures_util::future::try_join_all;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Statement};
 
 use super::inspect::TableInfo;
 use super::shadow::ShadowInfo;
-use super::{quote_ident, Names};
+use super::{quote_ident, text_params, Names};
 use crate::error::{PgContext, Result};
 
 /// One change to replay, in text format.
@@ -159,21 +159,9 @@ impl Statements {
             .ctx("starting a replay batch")?;
         let replays = batch.iter().map(|change| async move {
             match change {
-                Change::Upsert(values) => {
-                    let p: Vec<&(dyn ToSql + Sync)> =
-                        values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                    client.execute(&self.upsert, &p).await
-                }
-                Change::ReadBack(key) => {
-                    let p: Vec<&(dyn ToSql + Sync)> =
-                        key.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                    client.execute(&self.read_back, &p).await
-                }
-                Change::Delete(key) => {
-                    let p: Vec<&(dyn ToSql + Sync)> =
-                        key.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                    client.execute(&self.delete, &p).await
-                }
+                Change::Upsert(values) => client.execute(&self.upsert, &text_params(values)).await,
+                Change::ReadBack(key) => client.execute(&self.read_back, &text_params(key)).await,
+                Change::Delete(key) => client.execute(&self.delete, &text_params(key)).await,
             }
         });
         if let Err(e) = try_join_all(replays).await {

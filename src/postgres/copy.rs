@@ -44,7 +44,7 @@ pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Res
         .as_ref()
         .ok_or_else(|| Error::Stream("no copy session".into()))?;
     let row = copier
-        .query_opt(&sql, &params(&values))
+        .query_opt(&sql, &super::text_params(&values))
         .await
         .ctx("finding the chunk's end")?;
     match row {
@@ -136,7 +136,7 @@ pub async fn copy_chunk(
             if !discarded.iter().all(|&x| visible(x as u32, xmax, &xip)) {
                 return Ok(None);
             }
-            let n = copier.execute(&statement, &params(&values)).await.ctx("copying a chunk")?;
+            let n = copier.execute(&statement, &super::text_params(&values)).await.ctx("copying a chunk")?;
             copier.batch_execute("COMMIT").await.ctx("committing a chunk")?;
             Ok(Some(n))
         }

@@ -33,6 +33,16 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Text values as statement parameters (every statement swivel prepares takes text).
+pub fn text_params<T: tokio_postgres::types::ToSql + Sync>(
+    values: &[T],
+) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    values
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect()
+}
+
 /// `'text'`, doubling embedded quotes (standard_conforming_strings is on since 9.1).
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
