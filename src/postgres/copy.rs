@@ -12,13 +12,6 @@ fn key_texts(key: Option<&Key>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn params(values: &[String]) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
-    values
-        .iter()
-        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect()
-}
-
 pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
     let table = b.table()?;
     let source = b.names()?.source();
