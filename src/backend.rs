@@ -26,8 +26,9 @@ pub struct CutoverReport {
 pub trait Backend {
     /// Inspect the table and the server, parse and try the ALTER; change nothing.
     async fn plan(&mut self) -> Result<PlanReport>;
-    /// Run a change that needs no rewrite directly, within the lock timeout.
-    async fn run_metadata_only(&mut self) -> Result<()>;
+    /// Run a change that needs no rewrite directly, within the lock timeout. False: the server
+    /// cannot run it without a rewrite after all, and the online copy must do it.
+    async fn run_metadata_only(&mut self) -> Result<bool>;
     /// Create the shadow table and start tailing the change stream (before any chunk).
     async fn prepare(&mut self) -> Result<()>;
     /// The key that ends a chunk of `rows` rows after `after` (None: the rest of the table).
@@ -47,4 +48,9 @@ pub trait Backend {
     async fn cutover(&mut self) -> Result<CutoverReport>;
     /// Drop what the run created (the shadow table on failure, the stream's objects always).
     async fn cleanup(&mut self, succeeded: bool) -> Result<()>;
+}
+
+/// Wait between lock attempts: grows, capped, so the application gets the table back between.
+pub fn backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis((250u64 << attempt.min(5)).min(5000))
 }

@@ -71,3 +71,30 @@ impl<T> PgContext<T> for std::result::Result<T, tokio_postgres::Error> {
         self.map_err(|e| Error::pg(context, e))
     }
 }
+
+impl Error {
+    /// A MySQL/MariaDB error with the step it happened in; the code is the server's error
+    /// number (e.g. "1205" for a lock wait timeout).
+    pub fn my(context: impl fmt::Display, e: mysql_async::Error) -> Self {
+        let (message, code) = match &e {
+            mysql_async::Error::Server(s) => (s.message.clone(), Some(s.code.to_string())),
+            other => (other.to_string(), None),
+        };
+        Error::Database {
+            context: context.to_string(),
+            message,
+            code,
+        }
+    }
+}
+
+/// Attach a context to a mysql_async result.
+pub trait MyContext<T> {
+    fn my_ctx(self, context: impl fmt::Display) -> Result<T>;
+}
+
+impl<T> MyContext<T> for std::result::Result<T, mysql_async::Error> {
+    fn my_ctx(self, context: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| Error::my(context, e))
+    }
+}

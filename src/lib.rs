@@ -1,4 +1,4 @@
-//! swivel: online schema changes for PostgreSQL (and, next, MySQL/MariaDB).
+//! swivel: online schema changes for PostgreSQL and MySQL/MariaDB.
 //!
 //! The pipeline: [`plan`] → shadow table → [`copy`] ∥ tail and apply → cut-over → cleanup,
 //! driven by [`migrate`] over a [`backend::Backend`]; the copy/replay protocol is in
@@ -10,8 +10,10 @@ pub mod error;
 pub mod migrate;
 pub mod options;
 pub mod plan;
+pub mod mysql;
 pub mod postgres;
 pub mod progress;
+pub mod replay;
 pub mod watermark;
 
 pub use error::{Error, Result};

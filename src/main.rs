@@ -31,8 +31,9 @@ enum Command {
 
 #[derive(Args)]
 struct Target {
-    /// Connection URL, e.g. postgres://user@host:5432/db. Put no password here: other users
-    /// see the process list. Use PGPASSWORD or --password-file.
+    /// Connection URL, e.g. postgres://user@host:5432/db or mysql://user@host:3306/db. Put no
+    /// password here: other users see the process list. Use PGPASSWORD, MYSQL_PWD or
+    /// --password-file.
     #[arg(long)]
     dsn: String,
     /// A file whose first line is the password.
@@ -139,7 +140,7 @@ async fn real_main() -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Cleanup(args) => {
             let password = args.target.password()?;
-            let removed = swivel::postgres::cleanup_leftovers(
+            let removed = swivel::migrate::cleanup_leftovers(
                 &args.target.dsn,
                 password.as_deref(),
                 &args.target.table,

@@ -10,6 +10,7 @@ use crate::backend::{Backend, CutoverReport, PlanReport};
 use crate::copy::copy_table;
 use crate::error::{Error, Result};
 use crate::options::RunOptions;
+use crate::mysql::MyBackend;
 use crate::postgres::PgBackend;
 use crate::progress::{Phase, Progress};
 use crate::watermark::Watermark;
@@ -44,12 +45,27 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
                 PgBackend::connect(opts.clone(), progress.clone(), watermark.clone()).await?;
             migrate(&mut backend, &opts, &progress, &watermark, shutdown).await
         }
-        "mysql" | "mariadb" => Err(Error::refused(
-            "the MySQL/MariaDB backend is not built yet; only postgres:// targets run today",
-        )),
+        "mysql" | "mariadb" => {
+            let mut backend =
+                MyBackend::connect(opts.clone(), progress.clone(), watermark.clone()).await?;
+            migrate(&mut backend, &opts, &progress, &watermark, shutdown).await
+        }
         other => Err(Error::refused(format!(
-            "unknown connection URL scheme `{other}`: use postgres://user@host:port/db"
+            "unknown connection URL scheme `{other}`: use postgres://user@host:port/db or \
+             mysql://user@host:port/db"
         ))),
+    }
+}
+
+/// Remove what a crashed run left for `table` (`swivel cleanup`), on either server.
+pub async fn cleanup_leftovers(
+    dsn: &str,
+    password: Option<&str>,
+    table: &str,
+) -> Result<Vec<String>> {
+    match dsn_scheme(dsn) {
+        "mysql" | "mariadb" => crate::mysql::cleanup_leftovers(dsn, password, table).await,
+        _ => crate::postgres::cleanup_leftovers(dsn, password, table).await,
     }
 }
 
@@ -70,8 +86,7 @@ async fn migrate<B: Backend>(
     if !opts.execute {
         return Ok(Outcome::Planned(plan));
     }
-    if plan.metadata_only {
-        backend.run_metadata_only().await?;
+    if plan.metadata_only && backend.run_metadata_only().await? {
         return Ok(Outcome::MetadataOnly(plan));
     }
 

@@ -113,8 +113,15 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
                     AlterColumnOperation::SetNotNull
                     | AlterColumnOperation::AddGenerated { .. } => true,
                 },
-                AlterTableOperation::ModifyColumn { .. }
-                | AlterTableOperation::ChangeColumn { .. } => true,
+                AlterTableOperation::ChangeColumn {
+                    old_name, new_name, ..
+                } => {
+                    if ident(old_name) != ident(new_name) {
+                        spec.renames.push((ident(old_name), ident(new_name)));
+                    }
+                    true
+                }
+                AlterTableOperation::ModifyColumn { .. } => true,
                 other => {
                     return Err(Error::refused(format!(
                     "swivel does not run `{other}` as an online change: it changes no columns or \
@@ -130,8 +137,9 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
 fn refuse_unique() -> Error {
     Error::refused(
         "adding a UNIQUE or PRIMARY KEY constraint online is not supported: a copy cannot tell \
-         duplicates from replayed rows. Build it without blocking writes instead: \
-         CREATE UNIQUE INDEX CONCURRENTLY …, then ALTER TABLE … ADD CONSTRAINT … UNIQUE USING INDEX …",
+         duplicates from replayed rows. Build it without blocking writes instead: on PostgreSQL \
+         CREATE UNIQUE INDEX CONCURRENTLY …, then ALTER TABLE … ADD CONSTRAINT … UNIQUE USING INDEX …; \
+         on MySQL/MariaDB ALTER TABLE … ADD UNIQUE (…), ALGORITHM=INPLACE, LOCK=NONE",
     )
 }
 
@@ -193,6 +201,19 @@ mod tests {
                 .unwrap()
                 .metadata_only
         );
+    }
+
+    #[test]
+    fn mysql_modify_and_change() {
+        let my = |a: &str| parse_alter(&sqlparser::dialect::MySqlDialect {}, a, false);
+        assert!(
+            !my("MODIFY k BIGINT NOT NULL DEFAULT 0")
+                .unwrap()
+                .metadata_only
+        );
+        let spec = my("CHANGE COLUMN c c2 varchar(200), CHANGE pad pad char(60)").unwrap();
+        assert_eq!(spec.renames, vec![("c".to_string(), "c2".to_string())]);
+        assert!(my("ADD COLUMN x int").unwrap().metadata_only);
     }
 
     #[test]

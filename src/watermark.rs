@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 /// (the "C" collation); tables whose keys order otherwise are refused at plan time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KeyPart {
-    Int(i64),
+    Int(i128),
     Text(String),
 }
 
@@ -142,7 +142,7 @@ impl View<'_> {
 mod tests {
     use super::*;
 
-    fn k(i: i64) -> Key {
+    fn k(i: i128) -> Key {
         vec![KeyPart::Int(i)]
     }
 
@@ -162,7 +162,7 @@ mod tests {
         assert_eq!(w.view().decide(&k(1_000_000)), Decision::Hold);
         w.commit_chunk();
         assert!(w.is_done());
-        assert_eq!(w.view().decide(&k(i64::MAX)), Decision::Apply);
+        assert_eq!(w.view().decide(&k(i64::MAX.into())), Decision::Apply);
     }
 
     #[test]

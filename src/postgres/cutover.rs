@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::inspect::backoff;
+use crate::backend::backoff;
 use super::{quote_ident, Names, PgBackend};
 use crate::backend::CutoverReport;
 use crate::error::{Error, PgContext, Result};

@@ -1,7 +1,6 @@
 //! Plan: inspect the table and the server, refuse what cannot be done safely, try the ALTER on
 //! an empty copy inside a transaction that is rolled back.
 
-use std::time::Duration;
 
 use tokio_postgres::Client;
 
@@ -49,7 +48,7 @@ impl TableInfo {
             .iter()
             .zip(values)
             .map(|(col, v)| match col.kind {
-                KeyKind::Int => v.parse::<i64>().map(KeyPart::Int).map_err(|_| {
+                KeyKind::Int => v.parse::<i128>().map(KeyPart::Int).map_err(|_| {
                     Error::Stream(format!(
                         "key column {} has a non-integer value {v:?}",
                         col.name
@@ -373,7 +372,7 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
     })
 }
 
-pub async fn run_metadata_only(b: &mut PgBackend) -> Result<()> {
+pub async fn run_metadata_only(b: &mut PgBackend) -> Result<bool> {
     let sql = format!("ALTER TABLE {} {}", b.names()?.source(), b.alter.actions);
     let mut attempt = 0;
     loop {
@@ -387,20 +386,15 @@ pub async fn run_metadata_only(b: &mut PgBackend) -> Result<()> {
             .await
             .ctx("running the change");
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(e) => {
                 let _ = b.ctl.batch_execute("ROLLBACK").await;
                 if e.sqlstate() != Some("55P03") || attempt > b.opts.cut_over_retries {
                     return Err(e);
                 }
                 tracing::warn!("lock wait timed out (attempt {attempt}); retrying");
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(crate::backend::backoff(attempt)).await;
             }
         }
     }
-}
-
-/// Wait between lock attempts: grows, capped, so the application gets the table back between.
-pub fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((250u64 << attempt.min(5)).min(5000))
 }

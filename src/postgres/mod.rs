@@ -168,7 +168,7 @@ impl Backend for PgBackend {
         inspect::plan(self).await
     }
 
-    async fn run_metadata_only(&mut self) -> Result<()> {
+    async fn run_metadata_only(&mut self) -> Result<bool> {
         inspect::run_metadata_only(self).await
     }
 

@@ -4,12 +4,11 @@
 //! only up to what was applied. Heartbeats (non-transactional logical messages) measure lag,
 //! and a marker message tells cut-over when everything before its lock was applied.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -19,36 +18,13 @@ use super::pgoutput::{self, Message, Tuple, Value};
 use super::PgBackend;
 use crate::error::{Error, PgContext, Result};
 use crate::progress::Progress;
-use crate::watermark::{Decision, Watermark};
+use crate::replay::{now_micros, Router, TailState};
 
 const BATCH: usize = 2000;
 const HEARTBEAT: Duration = Duration::from_millis(200);
 
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// What the applier shares with the rest of the run.
-#[derive(Debug)]
-struct Shared {
-    failure: Mutex<Option<String>>,
-    /// The highest cut-over marker seen, with everything before it applied.
-    marker: watch::Sender<u64>,
-    /// Send time of the newest heartbeat the applier has reached.
-    heartbeat_seen: AtomicU64,
-}
-
-impl Shared {
-    fn fail(&self, why: String) {
-        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        f.get_or_insert(why);
-    }
-}
-
 pub struct Tail {
-    shared: Arc<Shared>,
+    shared: Arc<TailState>,
     applier: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
     /// Prefix of our logical messages: messages reach every slot of the database.
@@ -57,22 +33,16 @@ pub struct Tail {
 
 impl Tail {
     pub fn check(&self) -> Result<()> {
-        let failure = self
-            .shared
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match failure.as_ref() {
-            Some(why) => Err(Error::Stream(why.clone())),
-            None if self.applier.is_finished() => Err(Error::Stream("the applier stopped".into())),
-            None => Ok(()),
+        self.shared.check()?;
+        if self.applier.is_finished() {
+            return Err(Error::Stream("the applier stopped".into()));
         }
+        Ok(())
     }
 
     /// How far the applier is behind: the age of the newest heartbeat it has reached.
     pub fn lag(&self) -> Duration {
-        let seen = self.shared.heartbeat_seen.load(Relaxed);
-        Duration::from_micros(now_micros().saturating_sub(seen))
+        self.shared.lag()
     }
 
     pub fn prefix(&self) -> &str {
@@ -81,23 +51,7 @@ impl Tail {
 
     /// Wait until the applier has applied everything before marker `n`.
     pub async fn wait_marker(&self, n: u64, timeout: Duration) -> Result<bool> {
-        let mut rx = self.shared.marker.subscribe();
-        let waited = tokio::time::timeout(timeout, async {
-            loop {
-                if *rx.borrow_and_update() >= n {
-                    return Ok(());
-                }
-                self.check()?;
-                // Wake at least every 50ms to notice a failed applier.
-                let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
-            }
-        })
-        .await;
-        match waited {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Ok(false),
-        }
+        self.shared.wait_marker(n, timeout, || self.check()).await
     }
 
     pub fn stop(&self) {
@@ -154,25 +108,18 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
     b.pids.push(pid);
 
     let prefix = format!("swivel:{}", names.slot);
-    let shared = Arc::new(Shared {
-        failure: Mutex::new(None),
-        marker: watch::Sender::new(0),
-        heartbeat_seen: AtomicU64::new(now_micros()),
-    });
+    let shared = Arc::new(TailState::default());
     let applier = Applier {
         repl,
         client,
         statements,
         table,
-        watermark: b.watermark.clone(),
+        router: Router::new(b.watermark.clone()),
         progress: b.progress.clone(),
         shared: shared.clone(),
         prefix: prefix.clone(),
         xid: 0,
         in_transaction: false,
-        batch: Vec::new(),
-        held: Vec::new(),
-        held_epoch: 0,
         last_commit: None,
         relation_checked: false,
     };
@@ -192,17 +139,21 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
     Ok(())
 }
 
-async fn heartbeat(client: Client, prefix: String, shared: Arc<Shared>, progress: Arc<Progress>) {
+async fn heartbeat(
+    client: Client,
+    prefix: String,
+    shared: Arc<TailState>,
+    progress: Arc<Progress>,
+) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tick.tick().await;
         if let Err(e) = emit(&client, &prefix, &format!("hb:{}", now_micros())).await {
             tracing::warn!("heartbeat failed: {e}");
         }
-        let seen = shared.heartbeat_seen.load(Relaxed);
         progress
             .lag_ms
-            .store(now_micros().saturating_sub(seen) / 1000, Relaxed);
+            .store(shared.lag().as_millis() as u64, Relaxed);
     }
 }
 
@@ -226,18 +177,13 @@ struct Applier {
     client: Client,
     statements: Statements,
     table: TableInfo,
-    watermark: Arc<Watermark>,
+    router: Router<Change>,
     progress: Arc<Progress>,
-    shared: Arc<Shared>,
+    shared: Arc<TailState>,
     prefix: String,
     /// The transaction being received.
     xid: u32,
     in_transaction: bool,
-    /// Changes decided "apply", in stream order, not yet applied.
-    batch: Vec<Change>,
-    /// Changes to keys of the chunk being copied, due when it commits.
-    held: Vec<Change>,
-    held_epoch: u64,
     /// End of the newest transaction whose changes are all in `batch` or applied.
     last_commit: Option<Lsn>,
     relation_checked: bool,
@@ -257,7 +203,7 @@ impl Applier {
             {
                 Err(_) => {
                     // Idle: apply what is due, so a quiet table still converges.
-                    self.release_held();
+                    self.router.release_held();
                     self.flush().await?;
                     continue;
                 }
@@ -285,23 +231,16 @@ impl Applier {
                     self.on_control(&String::from_utf8_lossy(&content)).await?;
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    if !self.in_transaction && self.batch.is_empty() && self.held.is_empty() {
+                    if !self.in_transaction && self.router.idle() {
                         self.repl.update_applied_lsn(wal_end);
                     }
                 }
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
             }
-            if self.batch.len() >= BATCH {
+            if self.router.batch().len() >= BATCH {
                 self.flush().await?;
             }
-        }
-    }
-
-    /// Move held changes to the batch once the chunk they waited for has committed.
-    fn release_held(&mut self) {
-        if !self.held.is_empty() && self.watermark.view().epoch() != self.held_epoch {
-            self.batch.append(&mut self.held);
         }
     }
 
@@ -414,18 +353,7 @@ impl Applier {
             Change::ReadBack(key) | Change::Delete(key) => key.clone(),
         };
         let key = self.table.parse_key(key_texts.iter().map(String::as_str))?;
-        let mut view = self.watermark.view();
-        if !self.held.is_empty() && view.epoch() != self.held_epoch {
-            self.batch.append(&mut self.held);
-        }
-        match view.decide(&key) {
-            Decision::Apply => self.batch.push(change),
-            Decision::Hold => {
-                self.held_epoch = view.epoch();
-                self.held.push(change);
-            }
-            Decision::Discard => view.note_discard(u64::from(self.xid)),
-        }
+        self.router.route(&key, change, u64::from(self.xid));
         Ok(())
     }
 
@@ -434,33 +362,31 @@ impl Applier {
             .strip_prefix("hb:")
             .and_then(|t| t.parse::<u64>().ok())
         {
-            self.shared.heartbeat_seen.fetch_max(sent, Relaxed);
-            self.progress
-                .lag_ms
-                .store(now_micros().saturating_sub(sent) / 1000, Relaxed);
+            self.shared.saw_heartbeat(sent, &self.progress);
         } else if let Some(n) = content
             .strip_prefix("cutover:")
             .and_then(|t| t.parse::<u64>().ok())
         {
-            self.release_held();
+            self.router.release_held();
             self.flush().await?;
-            if self.held.is_empty() {
-                self.shared.marker.send_replace(n);
+            if self.router.nothing_held() {
+                self.shared.reached_marker(n);
             }
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> Result<()> {
-        if !self.batch.is_empty() {
-            self.statements.apply(&self.client, &self.batch).await?;
+        let batch = self.router.batch();
+        if !batch.is_empty() {
+            self.statements.apply(&self.client, batch).await?;
             self.progress
                 .changes_applied
-                .fetch_add(self.batch.len() as u64, Relaxed);
-            self.batch.clear();
+                .fetch_add(batch.len() as u64, Relaxed);
+            self.router.clear_batch();
         }
         // Confirm only what was applied: nothing may be held, and the transaction must be whole.
-        if self.held.is_empty() && !self.in_transaction {
+        if self.router.nothing_held() && !self.in_transaction {
             if let Some(lsn) = self.last_commit.take() {
                 self.repl.update_applied_lsn(lsn);
             }

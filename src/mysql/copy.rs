@@ -1,0 +1,152 @@
+//! Keyset chunks: find where a chunk of n rows ends, then copy it with one
+//! `INSERT … SELECT` in its own transaction, reading a fresh snapshot (READ COMMITTED) without
+//! locking the source rows. Rows already written by the applier are kept: a duplicate key is
+//! a no-op update (`ON DUPLICATE KEY UPDATE pk = pk`), which, unlike `INSERT IGNORE`, leaves
+//! the server's strict-mode errors for values the new type cannot hold in place.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Params, Value};
+
+use super::values::{key_param, key_part};
+use super::{quote_ident, MyBackend};
+use crate::error::{Error, MyContext, Result};
+use crate::watermark::Key;
+
+/// `key > after` (strict) or `key <= upto` over the key columns, as SQL the optimizer turns
+/// into a range on the primary key, with its parameters.
+pub fn key_condition(columns: &[String], key: &Key, above: bool) -> (String, Vec<Value>) {
+    let mut ors = Vec::new();
+    let mut params = Vec::new();
+    for i in 0..columns.len() {
+        let mut ands: Vec<String> = columns[..i]
+            .iter()
+            .map(|c| format!("{} = ?", quote_ident(c)))
+            .collect();
+        params.extend(key[..i].iter().map(key_param));
+        let last = i + 1 == columns.len();
+        let op = match (above, last) {
+            (true, _) => ">",
+            (false, false) => "<",
+            (false, true) => "<=",
+        };
+        ands.push(format!("{} {op} ?", quote_ident(&columns[i])));
+        params.push(key_param(&key[i]));
+        ors.push(format!("({})", ands.join(" AND ")));
+    }
+    (format!("({})", ors.join(" OR ")), params)
+}
+
+fn range(columns: &[String], after: Option<&Key>, upto: Option<&Key>) -> (String, Vec<Value>) {
+    let mut conds = Vec::new();
+    let mut params = Vec::new();
+    for (key, above) in [(after, true), (upto, false)] {
+        if let Some(key) = key {
+            let (c, p) = key_condition(columns, key, above);
+            conds.push(c);
+            params.extend(p);
+        }
+    }
+    if conds.is_empty() {
+        conds.push("TRUE".into());
+    }
+    (conds.join(" AND "), params)
+}
+
+pub async fn chunk_end(b: &mut MyBackend, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
+    let table = b.table()?;
+    let key_cols: Vec<String> = table.key_names().iter().map(|s| s.to_string()).collect();
+    let list = key_cols
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (cond, params) = range(&key_cols, after, None);
+    let sql = format!(
+        "SELECT {list} FROM {} FORCE INDEX (PRIMARY) WHERE {cond} ORDER BY {list} LIMIT 1 OFFSET {}",
+        b.names.source(),
+        rows.saturating_sub(1)
+    );
+    let copier = b
+        .copier
+        .as_mut()
+        .ok_or_else(|| Error::Stream("the copier is not connected".into()))?;
+    let row: Option<mysql_async::Row> = copier
+        .exec_first(sql, Params::Positional(params))
+        .await
+        .my_ctx("finding the end of the next chunk")?;
+    let Some(row) = row else { return Ok(None) };
+    let key = row
+        .unwrap()
+        .iter()
+        .map(|v| {
+            key_part(v).ok_or_else(|| Error::Stream(format!("an unexpected key value {v:?}")))
+        })
+        .collect::<Result<Key>>()?;
+    Ok(Some(key))
+}
+
+pub async fn copy_chunk(
+    b: &mut MyBackend,
+    after: Option<&Key>,
+    upto: Option<&Key>,
+    discarded: &[u64],
+) -> Result<u64> {
+    let table = b.table()?;
+    let shadow = b.shadow()?;
+    let key_cols: Vec<String> = table.key_names().iter().map(|s| s.to_string()).collect();
+    let (cond, params) = range(&key_cols, after, upto);
+    // Any shadow key column serves for the no-op update; the first is the key's first.
+    let first_key = &shadow.targets[shadow
+        .sources
+        .iter()
+        .position(|&s| s == table.key[0])
+        .ok_or_else(|| Error::Stream("the key is not copied".into()))?];
+    let sql = format!(
+        "INSERT INTO {shadow_q} ({targets}) SELECT {sources} FROM {source} FORCE INDEX (PRIMARY) \
+         WHERE {cond} ON DUPLICATE KEY UPDATE {shadow_q}.{k} = {shadow_q}.{k}",
+        shadow_q = b.names.shadow_q(),
+        targets = shadow.target_list(),
+        sources = shadow.source_list(&table.columns),
+        source = b.names.source(),
+        k = quote_ident(first_key),
+    );
+    let barrier = format!(
+        "REPLACE INTO {} (id, hint, value) VALUES (3, 'barrier', 0)",
+        b.names.changelog_q()
+    );
+    let copier = b
+        .copier
+        .as_mut()
+        .ok_or_else(|| Error::Stream("the copier is not connected".into()))?;
+    if !discarded.is_empty() {
+        // The applier dropped changes to keys this or a later chunk reads. Their binlog events
+        // can arrive before InnoDB makes them visible; the server commits in binlog order, so
+        // once this later write commits, they are visible to the snapshot below.
+        copier
+            .query_drop(&barrier)
+            .await
+            .my_ctx("writing the copy barrier")?;
+    }
+    copier
+        .exec_drop(sql, Params::Positional(params))
+        .await
+        .my_ctx("copying a chunk")?;
+    Ok(copier.affected_rows())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watermark::KeyPart;
+
+    #[test]
+    fn composite_ranges_compare_like_rows() {
+        let cols = vec!["a".to_string(), "b".to_string()];
+        let key = vec![KeyPart::Int(1), KeyPart::Text("x".into())];
+        let (sql, params) = key_condition(&cols, &key, false);
+        assert_eq!(sql, "((`a` < ?) OR (`a` = ? AND `b` <= ?))");
+        assert_eq!(params.len(), 3);
+        let (sql, _) = key_condition(&cols[..1], &key[..1].to_vec(), true);
+        assert_eq!(sql, "((`a` > ?))");
+    }
+}

@@ -1,0 +1,241 @@
+//! Cut-over with gh-ost's sentry table. MariaDB 10.11 refuses `RENAME TABLE` under
+//! `LOCK TABLES` (error 1192), so the lock and the rename live in two sessions:
+//!
+//! 1. create the sentry `_t_del`; session A: `LOCK TABLES t WRITE, _t_del WRITE`;
+//! 2. session B: `RENAME TABLE t TO _t_del, _t_new TO t`, which waits for A's lock;
+//! 3. write a marker to the changelog and wait until the applier has applied everything
+//!    before it (no write to `t` can commit meanwhile);
+//! 4. A: `DROP TABLE _t_del; UNLOCK TABLES`: B's rename goes first (a pending RENAME's
+//!    exclusive metadata lock is granted before the writes queued before it).
+//!
+//! If anything fails before 4 (A's connection dies, a timeout), A's locks go away with the
+//! sentry still there, so B's rename fails ("table exists") and `t` stays the original table.
+//! What we found by experiment is in docs/mysql-cutover.md.
+
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+
+use super::inspect::lock_wait_secs;
+use super::{quote_ident, tail, MyBackend};
+use crate::backend::{backoff, CutoverReport};
+use crate::error::{Error, MyContext, Result};
+use crate::progress::Phase;
+
+/// Why a cut-over attempt gave up, leaving the original table in place.
+enum Retry {
+    Because(String),
+}
+
+pub async fn run(b: &mut MyBackend) -> Result<CutoverReport> {
+    let names = b.names.clone();
+    let mut marker_conn = b.session("marker").await?;
+    {
+        let tail = tail_of(b)?;
+        // Wait for the applier to catch up, so the lock is held for milliseconds, not seconds.
+        while tail.lag() > b.opts.max_lag {
+            tail.check()?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    b.progress.set_phase(Phase::CuttingOver);
+    let attempts = b.opts.cut_over_retries + 1;
+    for attempt in 1..=attempts {
+        tail_of(b)?.check()?;
+        let mut locker = b.session("cut-over lock").await?;
+        let renamer = b.session("cut-over rename").await?;
+        let outcome = attempt_swap(b, &mut locker, renamer, &mut marker_conn, attempt).await;
+        // Whatever happened, A lets go: if the sentry is still there, a pending rename fails.
+        let _ = locker.query_drop("UNLOCK TABLES").await;
+        drop(locker);
+        match outcome {
+            Ok(lock_held) => {
+                tail_of(b)?.finish();
+                // Keep the original under the same name as on PostgreSQL.
+                b.ctl
+                    .query_drop(format!(
+                        "RENAME TABLE {} TO {}",
+                        names.qualified(&names.sentry),
+                        names.qualified(&names.old)
+                    ))
+                    .await
+                    .my_ctx("renaming the original table to its kept name")?;
+                return Ok(CutoverReport {
+                    attempts: attempt,
+                    lock_held,
+                });
+            }
+            Err(Retry::Because(why)) => {
+                tail_of(b)?.resume(u64::from(attempt));
+                tracing::warn!(
+                    "cut-over attempt {attempt}/{attempts}: {why}; the table is released and \
+                     unchanged, retrying"
+                );
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+        }
+    }
+    Err(Error::Cutover(format!(
+        "no attempt of {attempts} could lock the table and drain the binlog within {:?}; the \
+         original table is untouched. Retry when the table is less busy, or raise \
+         --cut-over-lock-timeout",
+        b.opts.cut_over_lock_timeout
+    )))
+}
+
+fn tail_of(b: &MyBackend) -> Result<&tail::Tail> {
+    b.tail
+        .as_ref()
+        .ok_or_else(|| Error::Stream("the change stream is not running".into()))
+}
+
+/// One attempt; Ok(how long the table was locked) once the rename has run.
+async fn attempt_swap(
+    b: &mut MyBackend,
+    locker: &mut Conn,
+    mut renamer: Conn,
+    marker_conn: &mut Conn,
+    attempt: u32,
+) -> std::result::Result<Duration, Retry> {
+    let names = b.names.clone();
+    let timeout = b.opts.cut_over_lock_timeout;
+    let secs = lock_wait_secs(timeout);
+    let fail = |what: &str, e: Error| Retry::Because(format!("{what}: {e}"));
+    let sentry = names.qualified(&names.sentry);
+
+    b.ctl
+        .query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {sentry} (id INT PRIMARY KEY) ENGINE=InnoDB \
+             COMMENT='swivel cut-over sentry'"
+        ))
+        .await
+        .my_ctx("creating the sentry table")
+        .map_err(|e| fail("creating the sentry table", e))?;
+    let lock = format!(
+        "SET SESSION lock_wait_timeout = {secs}; LOCK TABLES {} WRITE, {sentry} WRITE",
+        names.source()
+    );
+    locker
+        .query_drop(lock)
+        .await
+        .my_ctx("locking the table")
+        .map_err(|e| fail("locking the table", e))?;
+    let locked_at = Instant::now();
+
+    // B waits for A's lock; it must outlast the drain, and fails at once if A goes away
+    // while the sentry exists.
+    let renamer_id = renamer.id();
+    let rename = format!(
+        "SET SESSION lock_wait_timeout = {}; RENAME TABLE {} TO {sentry}, {} TO {}",
+        secs * 3,
+        names.source(),
+        names.shadow_q(),
+        names.source()
+    );
+    let renaming = tokio::spawn(async move {
+        let r = renamer.query_drop(rename).await;
+        (r, Instant::now())
+    });
+
+    if !rename_is_waiting(&mut b.ctl, renamer_id, timeout).await {
+        return Err(abandon(b, renamer_id, "the rename did not queue behind the lock".into()).await);
+    }
+
+    // Every write to the table committed before this marker: once the applier reaches it,
+    // the shadow table holds them all.
+    let marker = u64::from(attempt);
+    if let Err(e) = tail::emit_marker(marker_conn, &names, marker).await {
+        return Err(abandon(b, renamer_id, format!("writing the marker: {e}")).await);
+    }
+    let drained = match tail_of(b) {
+        Ok(tail) => tail.wait_marker(marker, timeout).await,
+        Err(e) => Err(e),
+    };
+    match drained {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            let why = match drained {
+                Err(e) => format!("the applier failed: {e}"),
+                _ => format!("the applier did not drain within {timeout:?}"),
+            };
+            return Err(abandon(b, renamer_id, why).await);
+        }
+    }
+
+    // The point of no return: with the sentry gone, unlocking lets the rename through.
+    if let Err(e) = locker
+        .query_drop(format!("DROP TABLE {sentry}"))
+        .await
+        .my_ctx("dropping the sentry")
+    {
+        return Err(abandon(b, renamer_id, e.to_string()).await);
+    }
+    if let Err(e) = locker.query_drop("UNLOCK TABLES").await {
+        // A's session is gone, and its locks with it: the rename proceeds or fails on its own.
+        tracing::warn!("unlocking after the sentry was dropped: {e}");
+    }
+    match renaming.await {
+        Ok((Ok(()), renamed_at)) => Ok(renamed_at.duration_since(locked_at)),
+        Ok((Err(e), _)) => Err(Retry::Because(format!(
+            "the rename failed: {}",
+            Error::my("renaming", e)
+        ))),
+        Err(e) => Err(Retry::Because(format!("the rename task failed: {e}"))),
+    }
+}
+
+/// Give up an attempt before the point of no return: cancel the queued rename (were it to
+/// run anyway, the sentry makes it fail).
+async fn abandon(b: &mut MyBackend, renamer_id: u32, why: String) -> Retry {
+    let _ = b.ctl.query_drop(format!("KILL QUERY {renamer_id}")).await;
+    Retry::Because(why)
+}
+
+/// Poll the process list until B's RENAME waits for a metadata lock.
+async fn rename_is_waiting(ctl: &mut Conn, id: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let state: Option<(Option<String>, Option<String>)> = ctl
+            .exec_first(
+                "SELECT state, info FROM information_schema.processlist WHERE id = ?",
+                (id,),
+            )
+            .await
+            .ok()
+            .flatten();
+        match state {
+            Some((Some(state), Some(info)))
+                if state.contains("metadata lock") && info.contains("RENAME TABLE") =>
+            {
+                return true
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// Used by cleanup: the sentry is ours only if it carries our comment.
+pub async fn drop_sentry(ctl: &mut Conn, db: &str, sentry: &str) -> Result<bool> {
+    let comment: Option<String> = ctl
+        .exec_first(
+            "SELECT table_comment FROM information_schema.tables \
+             WHERE table_schema = ? AND table_name = ?",
+            (db, sentry),
+        )
+        .await
+        .my_ctx("looking for the sentry table")?;
+    if comment.as_deref() == Some("swivel cut-over sentry") {
+        ctl.query_drop(format!(
+            "DROP TABLE IF EXISTS {}.{}",
+            quote_ident(db),
+            quote_ident(sentry)
+        ))
+        .await
+        .my_ctx("dropping the sentry table")?;
+        return Ok(true);
+    }
+    Ok(false)
+}

@@ -1,0 +1,379 @@
+//! Plan: check the server (binlog settings, privileges), the table (InnoDB, primary key, no
+//! foreign keys or triggers, replayable column types, no leftovers of an earlier run) and the
+//! ALTER itself, tried on an empty temporary copy. Nothing is changed.
+
+use mysql_async::prelude::Queryable;
+
+use super::values::Kind;
+use super::MyBackend;
+use crate::backend::PlanReport;
+use crate::error::{Error, MyContext, Result};
+
+#[derive(Clone, Debug)]
+pub struct Column {
+    pub name: String,
+    pub kind: Kind,
+    /// Generated (virtual or stored): never written, the shadow computes it.
+    pub generated: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    /// In table order, as the binlog sends them.
+    pub columns: Vec<Column>,
+    /// Positions of the primary key's columns, in key order.
+    pub key: Vec<usize>,
+}
+
+impl TableInfo {
+    pub fn key_names(&self) -> Vec<&str> {
+        self.key
+            .iter()
+            .map(|&i| self.columns[i].name.as_str())
+            .collect()
+    }
+}
+
+pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
+    let mut lines = Vec::new();
+    check_server(b, &mut lines).await?;
+    let names = b.names.clone();
+    let (db, table) = (names.db.as_str(), names.table.as_str());
+
+    let found: Option<(String, Option<String>, Option<u64>)> = b
+        .ctl
+        .exec_first(
+            "SELECT table_type, engine, table_rows FROM information_schema.tables \
+             WHERE table_schema = ? AND table_name = ?",
+            (db, table),
+        )
+        .await
+        .my_ctx("looking up the table")?;
+    let Some((table_type, engine, table_rows)) = found else {
+        return Err(Error::refused(format!(
+            "table {db}.{table} does not exist: check --table and the database in the URL"
+        )));
+    };
+    if table_type != "BASE TABLE" {
+        return Err(Error::refused(format!(
+            "{db}.{table} is a {table_type}, not a table: only base tables can be migrated"
+        )));
+    }
+    if !engine.as_deref().is_some_and(|e| e.eq_ignore_ascii_case("InnoDB")) {
+        return Err(Error::refused(format!(
+            "{db}.{table} uses engine {}: swivel needs InnoDB (transactions and consistent reads)",
+            engine.unwrap_or_default()
+        )));
+    }
+
+    let rows: Vec<(String, String, String, String, Option<String>)> = b
+        .ctl
+        .exec(
+            "SELECT column_name, data_type, column_type, extra, collation_name \
+             FROM information_schema.columns WHERE table_schema = ? AND table_name = ? \
+             ORDER BY ordinal_position",
+            (db, table),
+        )
+        .await
+        .my_ctx("reading the table's columns")?;
+    let mut columns = Vec::new();
+    for (name, data_type, column_type, extra, _) in &rows {
+        let kind = Kind::of(&data_type.to_ascii_lowercase(), &column_type.to_ascii_lowercase())
+            .ok_or_else(|| {
+                Error::refused(format!(
+                    "column {name} has type {column_type}, which swivel cannot replay from the \
+                     binlog yet; migrate this table with another tool"
+                ))
+            })?;
+        let extra = extra.to_ascii_uppercase();
+        columns.push(Column {
+            name: name.clone(),
+            kind,
+            generated: extra.contains("VIRTUAL") || extra.contains("STORED") || extra.contains("PERSISTENT"),
+        });
+    }
+
+    let key_names: Vec<String> = b
+        .ctl
+        .exec(
+            "SELECT column_name FROM information_schema.statistics \
+             WHERE table_schema = ? AND table_name = ? AND index_name = 'PRIMARY' \
+             ORDER BY seq_in_index",
+            (db, table),
+        )
+        .await
+        .my_ctx("reading the primary key")?;
+    if key_names.is_empty() {
+        return Err(Error::refused(format!(
+            "{db}.{table} has no primary key: swivel copies and replays rows by primary key. \
+             Add one first (e.g. an AUTO_INCREMENT id)"
+        )));
+    }
+    let mut key = Vec::new();
+    for k in &key_names {
+        let i = columns
+            .iter()
+            .position(|c| &c.name == k)
+            .ok_or_else(|| Error::refused(format!("primary key column {k} not found")))?;
+        let (_, data_type, _, _, collation) = &rows[i];
+        let ordered_like_bytes = match columns[i].kind {
+            Kind::Int | Kind::UInt(_) => true,
+            Kind::Bytes => {
+                matches!(data_type.as_str(), "char" | "varchar")
+                    && collation.as_deref().is_some_and(|c| c.ends_with("_bin"))
+            }
+            _ => false,
+        };
+        if !ordered_like_bytes {
+            return Err(Error::refused(format!(
+                "primary key column {k} is {data_type}{}: swivel needs integer keys, or \
+                 CHAR/VARCHAR keys with a binary (_bin) collation, so that it orders keys \
+                 exactly as the server does",
+                collation.as_deref().map(|c| format!(" with collation {c}")).unwrap_or_default()
+            )));
+        }
+        key.push(i);
+    }
+
+    let fks: Vec<(String, String, String)> = b
+        .ctl
+        .exec(
+            "SELECT constraint_name, table_name, referenced_table_name \
+             FROM information_schema.referential_constraints \
+             WHERE constraint_schema = ? AND (table_name = ? OR referenced_table_name = ?)",
+            (db, table, table),
+        )
+        .await
+        .my_ctx("looking for foreign keys")?;
+    if let Some((name, from, to)) = fks.first() {
+        return Err(Error::refused(format!(
+            "foreign key {name} ({from} → {to}) involves {table}: a swap by rename would leave \
+             it pointing at the old table. Drop the foreign key first, or migrate with another tool"
+        )));
+    }
+    let triggers: Vec<String> = b
+        .ctl
+        .exec(
+            "SELECT trigger_name FROM information_schema.triggers \
+             WHERE event_object_schema = ? AND event_object_table = ?",
+            (db, table),
+        )
+        .await
+        .my_ctx("looking for triggers")?;
+    if !triggers.is_empty() {
+        return Err(Error::refused(format!(
+            "{table} has triggers ({}): swivel would not carry them to the new table. Drop them \
+             first and recreate them after the migration",
+            triggers.join(", ")
+        )));
+    }
+    for leftover in [&names.shadow, &names.changelog, &names.sentry, &names.old] {
+        let exists: Option<String> = b
+            .ctl
+            .exec_first(
+                "SELECT table_name FROM information_schema.tables \
+                 WHERE table_schema = ? AND table_name = ?",
+                (db, leftover.as_str()),
+            )
+            .await
+            .my_ctx("looking for leftovers")?;
+        if exists.is_some() {
+            let what = if leftover == &names.old {
+                "the table a swap would rename the original to: drop or rename it first"
+            } else {
+                "a leftover of an earlier run: remove it with `swivel cleanup`"
+            };
+            return Err(Error::refused(format!("{db}.{leftover} exists, {what}")));
+        }
+    }
+
+    try_alter(b, &key_names).await?;
+
+    let info = TableInfo { columns, key };
+    let estimated_rows = table_rows.unwrap_or(0);
+    lines.push(format!(
+        "table {db}.{table}: {} columns, primary key ({}), about {estimated_rows} rows",
+        info.columns.len(),
+        info.key_names().join(", ")
+    ));
+    lines.push(if b.alter.metadata_only {
+        "the change needs no row rewrite: it will run directly (ALGORITHM=INSTANT)".to_string()
+    } else {
+        format!(
+            "the change rewrites rows: copy into {}, replay the binlog, swap with a sentry table",
+            names.shadow
+        )
+    });
+    b.table = Some(info);
+    Ok(PlanReport {
+        lines,
+        metadata_only: b.alter.metadata_only,
+        estimated_rows,
+    })
+}
+
+async fn check_server(b: &mut MyBackend, lines: &mut Vec<String>) -> Result<()> {
+    let (version, log_bin, format, image): (String, String, String, String) = b
+        .ctl
+        .query_first("SELECT @@version, @@log_bin, @@binlog_format, @@binlog_row_image")
+        .await
+        .my_ctx("reading the server settings")?
+        .ok_or_else(|| Error::Stream("the server settings query returned nothing".into()))?;
+    if log_bin != "1" && !log_bin.eq_ignore_ascii_case("ON") {
+        return Err(Error::refused(
+            "the binary log is off (log_bin): swivel follows changes through it. Start the \
+             server with --log-bin (and binlog_format=ROW, binlog_row_image=FULL)",
+        ));
+    }
+    if !format.eq_ignore_ascii_case("ROW") {
+        return Err(Error::refused(format!(
+            "binlog_format is {format}: swivel needs ROW. SET GLOBAL binlog_format = 'ROW' \
+             (new sessions pick it up) and set it in the server's configuration"
+        )));
+    }
+    if !image.eq_ignore_ascii_case("FULL") {
+        return Err(Error::refused(format!(
+            "binlog_row_image is {image}: swivel needs FULL to replay whole rows. \
+             SET GLOBAL binlog_row_image = 'FULL' and set it in the server's configuration"
+        )));
+    }
+    let grants: Vec<String> = b
+        .ctl
+        .query("SHOW GRANTS")
+        .await
+        .my_ctx("reading the user's privileges")?;
+    let global: Vec<String> = grants
+        .iter()
+        .filter(|g| g.contains(" ON *.* "))
+        .map(|g| g.to_ascii_uppercase())
+        .collect();
+    let has = |p: &str| {
+        global
+            .iter()
+            .any(|g| g.contains("ALL PRIVILEGES") || g.contains(p))
+    };
+    let mut missing = Vec::new();
+    if !has("REPLICATION SLAVE") {
+        missing.push("REPLICATION SLAVE");
+    }
+    if !(has("REPLICATION CLIENT") || has("BINLOG MONITOR") || has("SUPER")) {
+        missing.push("REPLICATION CLIENT (BINLOG MONITOR on MariaDB)");
+    }
+    if !missing.is_empty() {
+        return Err(Error::refused(format!(
+            "the user lacks {} on *.*: swivel reads the binlog as a replica. \
+             GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the user",
+            missing.join(" and ")
+        )));
+    }
+    lines.push(format!(
+        "server {version}: binlog on, binlog_format=ROW, binlog_row_image=FULL"
+    ));
+    Ok(())
+}
+
+/// Try the ALTER on an empty temporary copy of the table: a syntax or semantic error shows now,
+/// with nothing changed. The copy must keep the primary key, which the replay goes by.
+async fn try_alter(b: &mut MyBackend, key_names: &[String]) -> Result<()> {
+    let trial = format!("_swivel_try_{}", b.ctl.id());
+    let q = super::quote_ident(&trial);
+    b.ctl
+        .query_drop(format!(
+            "CREATE TEMPORARY TABLE {q} LIKE {}",
+            b.names.source()
+        ))
+        .await
+        .my_ctx("creating an empty copy to try the ALTER on")?;
+    let tried = b
+        .ctl
+        .query_drop(format!("ALTER TABLE {q} {}", b.alter.actions))
+        .await
+        .map_err(|e| {
+            Error::refused(format!(
+                "the server rejects the ALTER: {}",
+                match e {
+                    mysql_async::Error::Server(s) => s.message,
+                    other => other.to_string(),
+                }
+            ))
+        });
+    let key_after: Result<Vec<String>> = match tried {
+        Ok(()) => b
+            .ctl
+            .query_map(
+                format!("SHOW KEYS FROM {q} WHERE Key_name = 'PRIMARY'"),
+                |row: mysql_async::Row| row.get::<String, _>("Column_name").unwrap_or_default(),
+            )
+            .await
+            .my_ctx("reading the altered copy's key"),
+        Err(e) => Err(e),
+    };
+    let _ = b
+        .ctl
+        .query_drop(format!("DROP TEMPORARY TABLE IF EXISTS {q}"))
+        .await;
+    let key_after = key_after?;
+    let renamed: Vec<String> = key_names
+        .iter()
+        .map(|k| {
+            b.alter
+                .renames
+                .iter()
+                .find(|(old, _)| old.eq_ignore_ascii_case(k))
+                .map_or(k.clone(), |(_, new)| new.clone())
+        })
+        .collect();
+    let same = key_after.len() == renamed.len()
+        && key_after
+            .iter()
+            .zip(&renamed)
+            .all(|(a, b)| a.eq_ignore_ascii_case(b));
+    if !same {
+        return Err(Error::refused(format!(
+            "the ALTER changes the primary key (({}) becomes ({})): swivel replays rows by \
+             primary key, so it must stay the same. Change the key in a separate, offline step",
+            key_names.join(", "),
+            key_after.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Run a change that needs no rewrite with ALGORITHM=INSTANT under the lock wait timeout.
+/// False when the server cannot do it instantly: then the online copy does it.
+pub async fn run_metadata_only(b: &mut MyBackend) -> Result<bool> {
+    let sql = format!(
+        "ALTER TABLE {} {}, ALGORITHM=INSTANT",
+        b.names.source(),
+        b.alter.actions
+    );
+    let timeout = lock_wait_secs(b.opts.cut_over_lock_timeout);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        b.ctl
+            .query_drop(format!("SET SESSION lock_wait_timeout = {timeout}"))
+            .await
+            .my_ctx("setting the lock wait timeout")?;
+        match b.ctl.query_drop(&sql).await {
+            Ok(()) => return Ok(true),
+            // ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON): not instant on this server.
+            Err(mysql_async::Error::Server(e)) if e.code == 1845 || e.code == 1846 => {
+                tracing::info!("the server cannot run this instantly ({}); copying online", e.message);
+                return Ok(false);
+            }
+            Err(mysql_async::Error::Server(e))
+                if e.code == 1205 && attempt <= b.opts.cut_over_retries =>
+            {
+                tracing::warn!("lock wait timed out (attempt {attempt}); retrying");
+                tokio::time::sleep(crate::backend::backoff(attempt)).await;
+            }
+            Err(e) => return Err(Error::my("running the change", e)),
+        }
+    }
+}
+
+/// MariaDB's lock_wait_timeout takes whole seconds.
+pub fn lock_wait_secs(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}

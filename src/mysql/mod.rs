@@ -1,0 +1,211 @@
+//! The MySQL/MariaDB backend: information_schema inspection, shadow table, keyset copy, a
+//! binlog tail (as a replica with a server id of its own) and applier, and gh-ost's
+//! sentry-table cut-over.
+
+mod apply;
+mod cleanup;
+mod conn;
+mod copy;
+mod cutover;
+mod inspect;
+mod shadow;
+mod tail;
+pub mod values;
+
+use std::sync::Arc;
+
+use mysql_async::Conn;
+
+use crate::backend::{Backend, CutoverReport, PlanReport};
+use crate::error::{Error, Result};
+use crate::options::RunOptions;
+use crate::plan::{parse_alter, AlterSpec};
+use crate::progress::Progress;
+use crate::watermark::{Key, Watermark};
+
+pub use cleanup::cleanup_leftovers;
+pub use conn::MyTarget;
+use inspect::TableInfo;
+use shadow::ShadowInfo;
+use tail::Tail;
+
+/// `` `name` ``, doubling embedded backticks.
+pub fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+/// The names of everything a run creates, derived from the table so a crashed run's leftovers
+/// are recognizable: `_<table>_new` (shadow), `_<table>_swl` (changelog), `_<table>_del`
+/// (cut-over sentry), `_<table>_old` (the original table, kept after the swap).
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub db: String,
+    pub table: String,
+    pub shadow: String,
+    pub changelog: String,
+    pub sentry: String,
+    pub old: String,
+}
+
+impl Names {
+    pub fn new(db: &str, table: &str) -> Self {
+        Names {
+            db: db.to_string(),
+            table: table.to_string(),
+            shadow: format!("_{table}_new"),
+            changelog: format!("_{table}_swl"),
+            sentry: format!("_{table}_del"),
+            old: format!("_{table}_old"),
+        }
+    }
+
+    /// `` `db`.`name` `` for a table in the migrated table's database.
+    pub fn qualified(&self, name: &str) -> String {
+        format!("{}.{}", quote_ident(&self.db), quote_ident(name))
+    }
+
+    pub fn source(&self) -> String {
+        self.qualified(&self.table)
+    }
+
+    pub fn shadow_q(&self) -> String {
+        self.qualified(&self.shadow)
+    }
+
+    pub fn changelog_q(&self) -> String {
+        self.qualified(&self.changelog)
+    }
+}
+
+pub struct MyBackend {
+    target: MyTarget,
+    opts: RunOptions,
+    alter: AlterSpec,
+    ctl: Conn,
+    /// Connection ids of our sessions, to end them if the run is interrupted.
+    conn_ids: Vec<u32>,
+    progress: Arc<Progress>,
+    watermark: Arc<Watermark>,
+    names: Names,
+    table: Option<TableInfo>,
+    shadow: Option<ShadowInfo>,
+    copier: Option<Conn>,
+    tail: Option<Tail>,
+    created_shadow: bool,
+}
+
+impl MyBackend {
+    pub async fn connect(
+        opts: RunOptions,
+        progress: Arc<Progress>,
+        watermark: Arc<Watermark>,
+    ) -> Result<Self> {
+        let alter = parse_alter(&sqlparser::dialect::MySqlDialect {}, &opts.alter, false)?;
+        let target = MyTarget::parse(&opts.dsn, opts.password.as_deref())?;
+        if target.url_has_password {
+            tracing::warn!(
+                "the connection URL holds a password, which other users can see in the process \
+                 list; prefer MYSQL_PWD or --password-file"
+            );
+        }
+        let (db, table) = match opts.table.split_once('.') {
+            Some((db, table)) => (db.to_string(), table.to_string()),
+            None => (target.db().to_string(), opts.table.clone()),
+        };
+        let ctl = target.connect("ctl").await?;
+        let conn_ids = vec![ctl.id()];
+        Ok(MyBackend {
+            target,
+            opts,
+            alter,
+            ctl,
+            conn_ids,
+            progress,
+            watermark,
+            names: Names::new(&db, &table),
+            table: None,
+            shadow: None,
+            copier: None,
+            tail: None,
+            created_shadow: false,
+        })
+    }
+
+    fn table(&self) -> Result<&TableInfo> {
+        self.table
+            .as_ref()
+            .ok_or_else(|| Error::Stream("the table was not inspected".into()))
+    }
+
+    fn shadow(&self) -> Result<&ShadowInfo> {
+        self.shadow
+            .as_ref()
+            .ok_or_else(|| Error::Stream("the shadow table was not created".into()))
+    }
+
+    /// A new session of ours, remembered so an interrupted run can end it.
+    async fn session(&mut self, role: &str) -> Result<Conn> {
+        let conn = self.target.connect(role).await?;
+        self.conn_ids.push(conn.id());
+        Ok(conn)
+    }
+}
+
+impl Backend for MyBackend {
+    async fn plan(&mut self) -> Result<PlanReport> {
+        inspect::plan(self).await
+    }
+
+    async fn run_metadata_only(&mut self) -> Result<bool> {
+        inspect::run_metadata_only(self).await
+    }
+
+    async fn prepare(&mut self) -> Result<()> {
+        shadow::create(self).await?;
+        tail::start(self).await?;
+        let copier = self.session("copy").await?;
+        self.copier = Some(copier);
+        Ok(())
+    }
+
+    async fn chunk_end(&mut self, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
+        copy::chunk_end(self, after, rows).await
+    }
+
+    async fn copy_chunk(
+        &mut self,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+        discarded: &[u64],
+    ) -> Result<u64> {
+        copy::copy_chunk(self, after, upto, discarded).await
+    }
+
+    fn check_tail(&self) -> Result<()> {
+        match &self.tail {
+            Some(tail) => tail.check(),
+            None => Ok(()),
+        }
+    }
+
+    async fn cutover(&mut self) -> Result<CutoverReport> {
+        cutover::run(self).await
+    }
+
+    async fn cleanup(&mut self, succeeded: bool) -> Result<()> {
+        cleanup::after_run(self, succeeded).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_and_names() {
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+        let n = Names::new("db", "t");
+        assert_eq!(n.shadow_q(), "`db`.`_t_new`");
+        assert_eq!(n.sentry, "_t_del");
+    }
+}

@@ -1,0 +1,104 @@
+//! The shadow table (`CREATE TABLE … LIKE` + the ALTER) and the changelog table that carries
+//! heartbeats and the cut-over marker through the binlog.
+
+use mysql_async::prelude::Queryable;
+
+use super::{quote_ident, MyBackend};
+use crate::error::{MyContext, Result};
+
+/// Which source columns land in which shadow columns.
+#[derive(Clone, Debug)]
+pub struct ShadowInfo {
+    /// Source column positions that are copied and replayed.
+    pub sources: Vec<usize>,
+    /// Their names in the shadow table (renames applied).
+    pub targets: Vec<String>,
+}
+
+impl ShadowInfo {
+    pub fn source_list(&self, columns: &[super::inspect::Column]) -> String {
+        self.sources
+            .iter()
+            .map(|&i| quote_ident(&columns[i].name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn target_list(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| quote_ident(t))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+pub async fn create(b: &mut MyBackend) -> Result<()> {
+    let names = b.names.clone();
+    b.ctl
+        .query_drop(format!(
+            "CREATE TABLE {} LIKE {}",
+            names.shadow_q(),
+            names.source()
+        ))
+        .await
+        .my_ctx("creating the shadow table")?;
+    b.created_shadow = true;
+    b.ctl
+        .query_drop(format!(
+            "ALTER TABLE {} {}",
+            names.shadow_q(),
+            b.alter.actions
+        ))
+        .await
+        .my_ctx("altering the shadow table")?;
+    b.ctl
+        .query_drop(format!(
+            "CREATE TABLE {} (id INT UNSIGNED PRIMARY KEY, hint VARCHAR(64) NOT NULL, \
+             value BIGINT NOT NULL) ENGINE=InnoDB COMMENT='swivel changelog'",
+            names.changelog_q()
+        ))
+        .await
+        .my_ctx("creating the changelog table")?;
+
+    let shadow_columns: Vec<(String, String)> = b
+        .ctl
+        .exec(
+            "SELECT column_name, extra FROM information_schema.columns \
+             WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            (names.db.as_str(), names.shadow.as_str()),
+        )
+        .await
+        .my_ctx("reading the shadow table's columns")?;
+    let writable = |name: &str| {
+        shadow_columns.iter().any(|(c, extra)| {
+            let extra = extra.to_ascii_uppercase();
+            c.eq_ignore_ascii_case(name)
+                && !(extra.contains("VIRTUAL")
+                    || extra.contains("STORED")
+                    || extra.contains("PERSISTENT"))
+        })
+    };
+    let table = b.table()?;
+    let mut info = ShadowInfo {
+        sources: Vec::new(),
+        targets: Vec::new(),
+    };
+    for (i, column) in table.columns.iter().enumerate() {
+        if column.generated {
+            continue;
+        }
+        let target = b
+            .alter
+            .renames
+            .iter()
+            .find(|(old, _)| old.eq_ignore_ascii_case(&column.name))
+            .map_or(column.name.clone(), |(_, new)| new.clone());
+        if writable(&target) {
+            info.sources.push(i);
+            info.targets.push(target);
+        }
+    }
+    b.shadow = Some(info);
+    Ok(())
+}

@@ -1,0 +1,466 @@
+//! The binlog tailer and applier: connect as a replica with a server id of our own, from the
+//! position taken before the first chunk; decode row events of the table with its own schema;
+//! route each change through the watermark; apply in batches. Heartbeats written to the
+//! changelog table every 100 ms come back through the binlog and measure the lag; the cut-over
+//! marker, written the same way, tells cut-over that everything before its lock was applied.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::binlog::row::BinlogRow;
+use mysql_async::binlog::value::BinlogValue;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Value};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::apply::{Change, Statements};
+use super::inspect::TableInfo;
+use super::values::key_part;
+use super::{MyBackend, Names};
+use crate::error::{Error, MyContext, Result};
+use crate::progress::Progress;
+use crate::replay::{now_micros, Router, TailState};
+use crate::watermark::Key;
+
+const BATCH: usize = 2000;
+const HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// Changelog rows: one per purpose, replaced in place.
+const HEARTBEAT_ID: u32 = 1;
+const MARKER_ID: u32 = 2;
+
+/// What cut-over tells an applier that stopped at a marker.
+#[derive(Clone, Copy, Debug, Default)]
+struct Control {
+    /// Markers up to this one are done with: go on reading.
+    resumed: u64,
+    /// The tables were swapped: stop.
+    stop: bool,
+}
+
+pub struct Tail {
+    state: Arc<TailState>,
+    control: watch::Sender<Control>,
+    applier: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+}
+
+impl Tail {
+    pub fn check(&self) -> Result<()> {
+        self.state.check()?;
+        if self.applier.is_finished() && !self.control.borrow().stop {
+            return Err(Error::Stream("the applier stopped".into()));
+        }
+        Ok(())
+    }
+
+    pub fn lag(&self) -> Duration {
+        self.state.lag()
+    }
+
+    /// Wait until the applier has applied everything before marker `n` and stopped there.
+    pub async fn wait_marker(&self, n: u64, timeout: Duration) -> Result<bool> {
+        self.state.wait_marker(n, timeout, || self.check()).await
+    }
+
+    /// The cut-over attempt that wrote marker `n` failed: the applier goes on past it.
+    pub fn resume(&self, n: u64) {
+        self.control.send_modify(|c| c.resumed = c.resumed.max(n));
+    }
+
+    /// The tables were swapped: events after the marker belong to the new table.
+    pub fn finish(&self) {
+        self.control.send_modify(|c| c.stop = true);
+    }
+
+    pub fn stop(&self) {
+        self.heartbeat.abort();
+        self.applier.abort();
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Write a changelog row; it reaches the applier through the binlog.
+pub async fn emit(conn: &mut Conn, names: &Names, id: u32, hint: &str, value: u64) -> Result<()> {
+    conn.exec_drop(
+        format!(
+            "REPLACE INTO {} (id, hint, value) VALUES (?, ?, ?)",
+            names.changelog_q()
+        ),
+        (id, hint, value),
+    )
+    .await
+    .my_ctx(format!("writing the {hint} to the changelog"))
+}
+
+pub async fn emit_marker(conn: &mut Conn, names: &Names, n: u64) -> Result<()> {
+    emit(conn, names, MARKER_ID, "cutover", n).await
+}
+
+/// A server id for our replica connection: high, and different per run, so it does not
+/// collide with a real replica's or with a concurrent run's.
+fn server_id() -> u32 {
+    let salt = now_micros() as u32 ^ std::process::id().rotate_left(16);
+    0x4000_0000 | (salt & 0x3fff_ffff)
+}
+
+pub async fn start(b: &mut MyBackend) -> Result<()> {
+    let names = b.names.clone();
+    let table = b.table()?.clone();
+    let statements = Statements::new(&names, &table, b.shadow()?);
+
+    let status: Option<mysql_async::Row> = b
+        .ctl
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .my_ctx("reading the binlog position")?;
+    let (file, position): (String, u64) = status
+        .and_then(|row| Some((row.get(0)?, row.get(1)?)))
+        .ok_or_else(|| {
+            Error::refused("SHOW MASTER STATUS shows no binlog: the binary log is off (log_bin)")
+        })?;
+
+    let conn = b.target.connect_raw("binlog").await?;
+    b.conn_ids.push(conn.id());
+    let stream = conn
+        .get_binlog_stream(
+            BinlogStreamRequest::new(server_id())
+                .with_filename(file.as_bytes())
+                .with_pos(position),
+        )
+        .await
+        .my_ctx(format!("opening the binlog stream at {file}:{position}"))?;
+
+    let mut heartbeat_conn = b.session("heartbeat").await?;
+    // A transaction binlogged before `position` may not be visible yet; the server commits in
+    // binlog order, so once this write commits, the first chunk's snapshot sees it.
+    emit(
+        &mut heartbeat_conn,
+        &names,
+        HEARTBEAT_ID,
+        "heartbeat",
+        now_micros(),
+    )
+    .await?;
+    let apply_conn = b.session("apply").await?;
+
+    let state = Arc::new(TailState::default());
+    let (control, control_rx) = watch::channel(Control::default());
+    let applier = Applier {
+        stream,
+        conn: apply_conn,
+        statements,
+        table,
+        names: names.clone(),
+        router: Router::new(b.watermark.clone()),
+        progress: b.progress.clone(),
+        state: state.clone(),
+        control: control_rx,
+        txn: 0,
+        tables: HashMap::new(),
+    };
+    let applier = tokio::spawn(applier.run());
+    let heartbeat = tokio::spawn(heartbeat(
+        heartbeat_conn,
+        names,
+        state.clone(),
+        b.progress.clone(),
+    ));
+    b.tail = Some(Tail {
+        state,
+        control,
+        applier,
+        heartbeat,
+    });
+    Ok(())
+}
+
+async fn heartbeat(mut conn: Conn, names: Names, state: Arc<TailState>, progress: Arc<Progress>) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tick.tick().await;
+        if let Err(e) = emit(&mut conn, &names, HEARTBEAT_ID, "heartbeat", now_micros()).await {
+            tracing::warn!("heartbeat failed: {e}");
+        }
+        progress.lag_ms.store(state.lag().as_millis() as u64, Relaxed);
+    }
+}
+
+/// Which table a binlog table id stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Source,
+    Changelog,
+    Other,
+}
+
+struct Applier {
+    stream: BinlogStream,
+    conn: Conn,
+    statements: Statements,
+    table: TableInfo,
+    names: Names,
+    router: Router<Change>,
+    progress: Arc<Progress>,
+    state: Arc<TailState>,
+    control: watch::Receiver<Control>,
+    /// Transactions seen (BEGIN events), to tell the watermark which one a discard came from.
+    txn: u64,
+    tables: HashMap<u64, Target>,
+}
+
+impl Applier {
+    async fn run(mut self) {
+        match self.stream_events().await {
+            Ok(()) => {}
+            Err(e) => self.state.fail(e.to_string()),
+        }
+    }
+
+    async fn stream_events(&mut self) -> Result<()> {
+        loop {
+            let event = match tokio::time::timeout(Duration::from_millis(20), self.stream.next())
+                .await
+            {
+                Err(_) => {
+                    // Idle: apply what is due, so a quiet table still converges.
+                    self.router.release_held();
+                    self.flush().await?;
+                    continue;
+                }
+                Ok(None) => return Err(Error::Stream("the binlog stream ended".into())),
+                Ok(Some(Err(e))) => {
+                    return Err(Error::Stream(format!("the binlog stream failed: {e}")))
+                }
+                Ok(Some(Ok(event))) => event,
+            };
+            let data = event
+                .read_data()
+                .map_err(|e| Error::Stream(format!("decoding a binlog event: {e}")))?;
+            match data {
+                Some(EventData::QueryEvent(q)) => {
+                    let sql = q.query();
+                    if sql == "BEGIN" {
+                        self.txn += 1;
+                    } else if changes_table(&sql, &self.names.table) {
+                        return Err(Error::Stream(format!(
+                            "`{sql}` ran on the table during the migration; the run stops and \
+                             the original table is left as it is"
+                        )));
+                    }
+                }
+                Some(EventData::RowsEvent(rows)) if !self.on_rows(&rows).await? => {
+                    return Ok(());
+                }
+                _ => {}
+            }
+            if self.router.batch().len() >= BATCH {
+                self.flush().await?;
+            }
+        }
+    }
+
+    fn target(&mut self, table_id: u64) -> Result<Target> {
+        if let Some(t) = self.tables.get(&table_id) {
+            return Ok(*t);
+        }
+        let tme = self
+            .stream
+            .get_tme(table_id)
+            .ok_or_else(|| Error::Stream(format!("rows of unknown table id {table_id}")))?;
+        let target = if tme.database_name() != self.names.db {
+            Target::Other
+        } else if tme.table_name() == self.names.table {
+            Target::Source
+        } else if tme.table_name() == self.names.changelog {
+            Target::Changelog
+        } else {
+            Target::Other
+        };
+        self.tables.insert(table_id, target);
+        Ok(target)
+    }
+
+    /// False once cut-over has swapped the tables: stop reading.
+    async fn on_rows(&mut self, rows: &RowsEventData<'_>) -> Result<bool> {
+        let target = self.target(rows.table_id())?;
+        if target == Target::Other {
+            return Ok(true);
+        }
+        let tme = self
+            .stream
+            .get_tme(rows.table_id())
+            .ok_or_else(|| Error::Stream("a rows event without its table map".into()))?;
+        let mut decoded = Vec::new();
+        for row in rows.rows(tme) {
+            let (before, after) =
+                row.map_err(|e| Error::Stream(format!("decoding a binlog row: {e}")))?;
+            decoded.push((before, after));
+        }
+        match target {
+            Target::Source => {
+                for (before, after) in decoded {
+                    self.on_source_row(before, after)?;
+                }
+            }
+            Target::Changelog => {
+                for (_, after) in decoded {
+                    if let Some(after) = after {
+                        if !self.on_changelog_row(&after).await? {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+            Target::Other => {}
+        }
+        Ok(true)
+    }
+
+    fn values(&self, row: &BinlogRow) -> Result<Vec<Value>> {
+        if row.len() != self.table.columns.len() {
+            return Err(Error::Stream(format!(
+                "a row of {} columns arrived for a table of {}: the table's columns changed \
+                 during the migration; the run stops",
+                row.len(),
+                self.table.columns.len()
+            )));
+        }
+        self.table
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| match row.as_ref(i) {
+                Some(BinlogValue::Value(v)) => Ok(column.kind.fix(v.clone())),
+                _ => Err(Error::Stream(format!(
+                    "column {} came without a plain value (binlog_row_image must be FULL)",
+                    column.name
+                ))),
+            })
+            .collect()
+    }
+
+    fn key_of(&self, values: &[Value]) -> Result<(Key, Vec<Value>)> {
+        let raw: Vec<Value> = self.table.key.iter().map(|&i| values[i].clone()).collect();
+        let key = raw
+            .iter()
+            .map(|v| {
+                key_part(v).ok_or_else(|| Error::Stream(format!("an unexpected key value {v:?}")))
+            })
+            .collect::<Result<Key>>()?;
+        Ok((key, raw))
+    }
+
+    fn on_source_row(&mut self, before: Option<BinlogRow>, after: Option<BinlogRow>) -> Result<()> {
+        let txn = self.txn;
+        let old = before.map(|r| self.values(&r)).transpose()?;
+        let new = after.map(|r| self.values(&r)).transpose()?;
+        let old_key = old.as_deref().map(|v| self.key_of(v)).transpose()?;
+        match new {
+            Some(new) => {
+                let (key, _) = self.key_of(&new)?;
+                if let Some((old_key, raw)) = old_key {
+                    if old_key != key {
+                        // A key change: a delete of the old key and an upsert of the new one,
+                        // each judged against the watermark on its own.
+                        self.router.route(&old_key, Change::Delete(raw), txn);
+                    }
+                }
+                self.router.route(&key, Change::Upsert(new), txn);
+            }
+            None => {
+                if let Some((key, raw)) = old_key {
+                    self.router.route(&key, Change::Delete(raw), txn);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Heartbeats and markers. False once cut-over says the tables were swapped.
+    async fn on_changelog_row(&mut self, row: &BinlogRow) -> Result<bool> {
+        let id = match row.as_ref(0) {
+            Some(BinlogValue::Value(Value::Int(i))) => *i as u64,
+            Some(BinlogValue::Value(Value::UInt(u))) => *u,
+            _ => return Ok(true),
+        };
+        let value = match row.as_ref(2) {
+            Some(BinlogValue::Value(Value::Int(i))) => *i as u64,
+            _ => return Ok(true),
+        };
+        if id == u64::from(HEARTBEAT_ID) {
+            self.state.saw_heartbeat(value, &self.progress);
+        } else if id == u64::from(MARKER_ID) {
+            self.router.release_held();
+            self.flush().await?;
+            if self.router.nothing_held() {
+                self.state.reached_marker(value);
+                // Hold here until cut-over says what happened: after a swap, the table's
+                // name stands for the new table, whose changes must not be replayed.
+                let control = self
+                    .control
+                    .wait_for(|c| c.stop || c.resumed >= value)
+                    .await
+                    .map(|c| *c)
+                    .unwrap_or(Control {
+                        resumed: 0,
+                        stop: true,
+                    });
+                if control.stop {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let batch = self.router.batch();
+        if !batch.is_empty() {
+            self.statements.apply(&mut self.conn, batch).await?;
+            self.progress
+                .changes_applied
+                .fetch_add(batch.len() as u64, Relaxed);
+            self.router.clear_batch();
+        }
+        Ok(())
+    }
+}
+
+/// A statement from the binlog that changes the table itself (DDL or TRUNCATE naming it).
+fn changes_table(sql: &str, table: &str) -> bool {
+    let mut words = sql
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .filter(|w| !w.is_empty());
+    let Some(verb) = words.next() else {
+        return false;
+    };
+    ["ALTER", "TRUNCATE", "DROP", "RENAME"]
+        .iter()
+        .any(|v| verb.eq_ignore_ascii_case(v))
+        && words.any(|w| w == table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_on_the_table_is_noticed() {
+        assert!(changes_table("TRUNCATE TABLE `t`", "t"));
+        assert!(changes_table("alter table db.t add column x int", "t"));
+        assert!(!changes_table("ALTER TABLE `_t_new` MODIFY k bigint", "t"));
+        assert!(!changes_table("CREATE TABLE `_t_swl` (id int)", "t"));
+        assert!(!changes_table("BEGIN", "t"));
+    }
+}

@@ -1,0 +1,184 @@
+//! What both appliers share: routing each replayed change through the watermark (apply now,
+//! hold until the chunk being read commits, or discard), and the state the applier reports to
+//! the rest of the run (failure, lag from heartbeats, the cut-over marker reached).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::watermark::{Decision, Key, Watermark};
+
+/// Microseconds since the epoch: heartbeats carry their send time in it.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Changes decided "apply" (in stream order) and changes held for the chunk being read.
+#[derive(Debug)]
+pub struct Router<C> {
+    watermark: Arc<Watermark>,
+    batch: Vec<C>,
+    held: Vec<C>,
+    held_epoch: u64,
+}
+
+impl<C> Router<C> {
+    pub fn new(watermark: Arc<Watermark>) -> Self {
+        Router {
+            watermark,
+            batch: Vec::new(),
+            held: Vec::new(),
+            held_epoch: 0,
+        }
+    }
+
+    /// Route one change of transaction `txn` to the row with `key`.
+    pub fn route(&mut self, key: &Key, change: C, txn: u64) {
+        let mut view = self.watermark.view();
+        if !self.held.is_empty() && view.epoch() != self.held_epoch {
+            self.batch.append(&mut self.held);
+        }
+        match view.decide(key) {
+            Decision::Apply => self.batch.push(change),
+            Decision::Hold => {
+                self.held_epoch = view.epoch();
+                self.held.push(change);
+            }
+            Decision::Discard => view.note_discard(txn),
+        }
+    }
+
+    /// Move held changes to the batch once the chunk they waited for has committed.
+    pub fn release_held(&mut self) {
+        if !self.held.is_empty() && self.watermark.view().epoch() != self.held_epoch {
+            self.batch.append(&mut self.held);
+        }
+    }
+
+    pub fn batch(&self) -> &[C] {
+        &self.batch
+    }
+
+    pub fn clear_batch(&mut self) {
+        self.batch.clear();
+    }
+
+    pub fn nothing_held(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Nothing waits to be applied.
+    pub fn idle(&self) -> bool {
+        self.batch.is_empty() && self.held.is_empty()
+    }
+}
+
+/// What the applier shares with the run: its failure, the newest heartbeat it reached and the
+/// newest cut-over marker before which everything was applied.
+#[derive(Debug)]
+pub struct TailState {
+    failure: Mutex<Option<String>>,
+    marker: watch::Sender<u64>,
+    heartbeat_seen: AtomicU64,
+}
+
+impl Default for TailState {
+    fn default() -> Self {
+        TailState {
+            failure: Mutex::new(None),
+            marker: watch::Sender::new(0),
+            heartbeat_seen: AtomicU64::new(now_micros()),
+        }
+    }
+}
+
+impl TailState {
+    pub fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        f.get_or_insert(why);
+    }
+
+    /// The applier's failure, if it failed.
+    pub fn check(&self) -> Result<()> {
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        match failure.as_ref() {
+            Some(why) => Err(Error::Stream(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The applier reached a heartbeat sent at `sent` (microseconds since the epoch).
+    pub fn saw_heartbeat(&self, sent: u64, progress: &Progress) {
+        self.heartbeat_seen.fetch_max(sent, Relaxed);
+        progress.lag_ms.store(self.lag().as_millis() as u64, Relaxed);
+    }
+
+    /// Everything before marker `n` is applied.
+    pub fn reached_marker(&self, n: u64) {
+        self.marker.send_replace(n);
+    }
+
+    /// How far the applier is behind: the age of the newest heartbeat it has reached.
+    pub fn lag(&self) -> Duration {
+        let seen = self.heartbeat_seen.load(Relaxed);
+        Duration::from_micros(now_micros().saturating_sub(seen))
+    }
+
+    /// Wait until the applier has applied everything before marker `n`; false on timeout.
+    /// `check` reports a failed applier.
+    pub async fn wait_marker(
+        &self,
+        n: u64,
+        timeout: Duration,
+        check: impl Fn() -> Result<()>,
+    ) -> Result<bool> {
+        let mut rx = self.marker.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if *rx.borrow_and_update() >= n {
+                    return Ok(());
+                }
+                check()?;
+                // Wake at least every 50ms to notice a failed applier.
+                let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watermark::KeyPart;
+
+    fn k(i: i128) -> Key {
+        vec![KeyPart::Int(i)]
+    }
+
+    #[test]
+    fn held_changes_are_released_when_their_chunk_commits() {
+        let w = Arc::new(Watermark::new());
+        let mut r = Router::new(w.clone());
+        r.route(&k(5), "discarded", 1);
+        assert!(r.idle());
+        assert_eq!(w.begin_chunk(Some(k(10))), vec![1], "the chunk learns of the discard");
+        r.route(&k(5), "held", 2);
+        r.release_held();
+        assert!(r.batch().is_empty(), "held until the chunk commits");
+        w.commit_chunk();
+        r.route(&k(3), "applied", 3);
+        assert_eq!(r.batch(), ["held", "applied"], "stream order is kept");
+    }
+}
