@@ -65,70 +65,70 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
         metadata_only: true,
     };
     for op in operations {
-        let rewrites =
-            match op {
-                AlterTableOperation::AddColumn { column_def, .. } => {
-                    let mut rewrites = false;
-                    for option in &column_def.options {
-                        match &option.option {
-                            ColumnOption::Unique { .. } => return Err(refuse_unique()),
-                            ColumnOption::Null | ColumnOption::NotNull => {}
-                            ColumnOption::Default(expr) => rewrites |= !is_constant(expr),
-                            _ => rewrites = true,
-                        }
+        let rewrites = match op {
+            AlterTableOperation::AddColumn { column_def, .. } => {
+                let mut rewrites = false;
+                for option in &column_def.options {
+                    match &option.option {
+                        ColumnOption::Unique { .. } => return Err(refuse_unique()),
+                        ColumnOption::Null | ColumnOption::NotNull => {}
+                        ColumnOption::Default(expr) => rewrites |= !is_constant(expr),
+                        _ => rewrites = true,
                     }
-                    rewrites
                 }
-                AlterTableOperation::AddConstraint {
-                    constraint,
-                    not_valid,
-                } => match constraint {
-                    TableConstraint::Unique { .. } | TableConstraint::PrimaryKey { .. } => {
-                        return Err(refuse_unique())
-                    }
-                    _ => !not_valid,
-                },
-                AlterTableOperation::DropColumn { .. }
-                | AlterTableOperation::DropConstraint { .. }
-                | AlterTableOperation::RenameConstraint { .. }
-                | AlterTableOperation::ValidateConstraint { .. } => false,
-                AlterTableOperation::RenameColumn {
-                    old_column_name,
-                    new_column_name,
-                } => {
-                    spec.renames
-                        .push((ident(old_column_name), ident(new_column_name)));
-                    false
+                rewrites
+            }
+            AlterTableOperation::AddConstraint {
+                constraint,
+                not_valid,
+            } => match constraint {
+                TableConstraint::Unique { .. } | TableConstraint::PrimaryKey { .. } => {
+                    return Err(refuse_unique())
                 }
-                AlterTableOperation::AlterColumn { column_name, op } => match op {
-                    AlterColumnOperation::SetDefault { .. }
-                    | AlterColumnOperation::DropDefault
-                    | AlterColumnOperation::DropNotNull => false,
-                    AlterColumnOperation::SetDataType { using, .. } => {
-                        if let Some(expr) = using {
-                            spec.using.push((ident(column_name), expr.to_string()));
-                        }
-                        true
-                    }
-                    AlterColumnOperation::SetNotNull
-                    | AlterColumnOperation::AddGenerated { .. } => true,
-                },
-                AlterTableOperation::ChangeColumn {
-                    old_name, new_name, ..
-                } => {
-                    if ident(old_name) != ident(new_name) {
-                        spec.renames.push((ident(old_name), ident(new_name)));
+                _ => !not_valid,
+            },
+            AlterTableOperation::DropColumn { .. }
+            | AlterTableOperation::DropConstraint { .. }
+            | AlterTableOperation::RenameConstraint { .. }
+            | AlterTableOperation::ValidateConstraint { .. } => false,
+            AlterTableOperation::RenameColumn {
+                old_column_name,
+                new_column_name,
+            } => {
+                spec.renames
+                    .push((ident(old_column_name), ident(new_column_name)));
+                false
+            }
+            AlterTableOperation::AlterColumn { column_name, op } => match op {
+                AlterColumnOperation::SetDefault { .. }
+                | AlterColumnOperation::DropDefault
+                | AlterColumnOperation::DropNotNull => false,
+                AlterColumnOperation::SetDataType { using, .. } => {
+                    if let Some(expr) = using {
+                        spec.using.push((ident(column_name), expr.to_string()));
                     }
                     true
                 }
-                AlterTableOperation::ModifyColumn { .. } => true,
-                other => {
-                    return Err(Error::refused(format!(
+                AlterColumnOperation::SetNotNull | AlterColumnOperation::AddGenerated { .. } => {
+                    true
+                }
+            },
+            AlterTableOperation::ChangeColumn {
+                old_name, new_name, ..
+            } => {
+                if ident(old_name) != ident(new_name) {
+                    spec.renames.push((ident(old_name), ident(new_name)));
+                }
+                true
+            }
+            AlterTableOperation::ModifyColumn { .. } => true,
+            other => {
+                return Err(Error::refused(format!(
                     "swivel does not run `{other}` as an online change: it changes no columns or \
                      constraints of the rows; run it directly with ALTER TABLE"
                 )))
-                }
-            };
+            }
+        };
         spec.metadata_only &= !rewrites;
     }
     Ok(spec)

@@ -116,7 +116,9 @@ impl TailState {
     /// The applier reached a heartbeat sent at `sent` (microseconds since the epoch).
     pub fn saw_heartbeat(&self, sent: u64, progress: &Progress) {
         self.heartbeat_seen.fetch_max(sent, Relaxed);
-        progress.lag_ms.store(self.lag().as_millis() as u64, Relaxed);
+        progress
+            .lag_ms
+            .store(self.lag().as_millis() as u64, Relaxed);
     }
 
     /// Everything before marker `n` is applied.
@@ -173,7 +175,11 @@ mod tests {
         let mut r = Router::new(w.clone());
         r.route(&k(5), "discarded", 1);
         assert!(r.idle());
-        assert_eq!(w.begin_chunk(Some(k(10))), vec![1], "the chunk learns of the discard");
+        assert_eq!(
+            w.begin_chunk(Some(k(10))),
+            vec![1],
+            "the chunk learns of the discard"
+        );
         r.route(&k(5), "held", 2);
         r.release_held();
         assert!(r.batch().is_empty(), "held until the chunk commits");

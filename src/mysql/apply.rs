@@ -104,12 +104,9 @@ impl Statements {
             let value = row
                 .get(i)
                 .ok_or_else(|| Error::Stream("a replayed row is missing columns".into()))?;
-            self.table.columns[i]
-                .kind
-                .render(value, sql)
-                .map_err(|e| {
-                    Error::Stream(format!("column {}: {e}", self.table.columns[i].name))
-                })?;
+            self.table.columns[i].kind.render(value, sql).map_err(|e| {
+                Error::Stream(format!("column {}: {e}", self.table.columns[i].name))
+            })?;
         }
         sql.push(')');
         Ok(())
@@ -170,7 +167,11 @@ mod tests {
             generated: false,
         };
         let table = TableInfo {
-            columns: vec![col("id", Kind::Int), col("c", Kind::Bytes), col("old", Kind::Int)],
+            columns: vec![
+                col("id", Kind::Int),
+                col("c", Kind::Bytes),
+                col("old", Kind::Int),
+            ],
             key: vec![0],
         };
         let shadow = ShadowInfo {
@@ -178,7 +179,13 @@ mod tests {
             targets: vec!["id".into(), "c2".into()],
         };
         let s = Statements::new(&Names::new("db", "t"), &table, &shadow);
-        let row = |i: i64| Change::Upsert(vec![Value::Int(i), Value::Bytes(b"x".to_vec()), Value::Int(9)]);
+        let row = |i: i64| {
+            Change::Upsert(vec![
+                Value::Int(i),
+                Value::Bytes(b"x".to_vec()),
+                Value::Int(9),
+            ])
+        };
         let del = |i: i64| Change::Delete(vec![Value::Int(i)]);
         let sql = s.build(&[row(1), row(2), del(3), del(4), row(5)]).unwrap();
         assert_eq!(

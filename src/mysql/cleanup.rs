@@ -28,7 +28,10 @@ pub async fn after_run(b: &mut MyBackend, succeeded: bool) -> Result<()> {
     if succeeded {
         if b.opts.drop_old_table {
             b.ctl
-                .query_drop(format!("DROP TABLE IF EXISTS {}", names.qualified(&names.old)))
+                .query_drop(format!(
+                    "DROP TABLE IF EXISTS {}",
+                    names.qualified(&names.old)
+                ))
                 .await
                 .my_ctx("dropping the old table")?;
         }

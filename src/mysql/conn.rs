@@ -23,12 +23,12 @@ impl MyTarget {
         };
         // The parser's message could echo the URL, and with it a password: keep it out.
         let opts = Opts::from_url(&url).map_err(|_| {
-            Error::refused(
-                "the connection URL does not parse: use mysql://user@host:port/database",
-            )
+            Error::refused("the connection URL does not parse: use mysql://user@host:port/database")
         })?;
         let db = opts.db_name().map(str::to_string).ok_or_else(|| {
-            Error::refused("the connection URL names no database: use mysql://user@host:port/database")
+            Error::refused(
+                "the connection URL names no database: use mysql://user@host:port/database",
+            )
         })?;
         let url_has_password = opts.pass().is_some_and(|p| !p.is_empty());
         let password = password

@@ -78,9 +78,7 @@ pub async fn chunk_end(b: &mut MyBackend, after: Option<&Key>, rows: u64) -> Res
     let key = row
         .unwrap()
         .iter()
-        .map(|v| {
-            key_part(v).ok_or_else(|| Error::Stream(format!("an unexpected key value {v:?}")))
-        })
+        .map(|v| key_part(v).ok_or_else(|| Error::Stream(format!("an unexpected key value {v:?}"))))
         .collect::<Result<Key>>()?;
     Ok(Some(key))
 }

@@ -139,7 +139,12 @@ async fn attempt_swap(
     });
 
     if !rename_is_waiting(&mut b.ctl, renamer_id, timeout).await {
-        return Err(abandon(b, renamer_id, "the rename did not queue behind the lock".into()).await);
+        return Err(abandon(
+            b,
+            renamer_id,
+            "the rename did not queue behind the lock".into(),
+        )
+        .await);
     }
 
     // Every write to the table committed before this marker: once the applier reaches it,

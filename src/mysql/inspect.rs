@@ -59,7 +59,10 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
             "{db}.{table} is a {table_type}, not a table: only base tables can be migrated"
         )));
     }
-    if !engine.as_deref().is_some_and(|e| e.eq_ignore_ascii_case("InnoDB")) {
+    if !engine
+        .as_deref()
+        .is_some_and(|e| e.eq_ignore_ascii_case("InnoDB"))
+    {
         return Err(Error::refused(format!(
             "{db}.{table} uses engine {}: swivel needs InnoDB (transactions and consistent reads)",
             engine.unwrap_or_default()
@@ -78,18 +81,23 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
         .my_ctx("reading the table's columns")?;
     let mut columns = Vec::new();
     for (name, data_type, column_type, extra, _) in &rows {
-        let kind = Kind::of(&data_type.to_ascii_lowercase(), &column_type.to_ascii_lowercase())
-            .ok_or_else(|| {
-                Error::refused(format!(
-                    "column {name} has type {column_type}, which swivel cannot replay from the \
+        let kind = Kind::of(
+            &data_type.to_ascii_lowercase(),
+            &column_type.to_ascii_lowercase(),
+        )
+        .ok_or_else(|| {
+            Error::refused(format!(
+                "column {name} has type {column_type}, which swivel cannot replay from the \
                      binlog yet; migrate this table with another tool"
-                ))
-            })?;
+            ))
+        })?;
         let extra = extra.to_ascii_uppercase();
         columns.push(Column {
             name: name.clone(),
             kind,
-            generated: extra.contains("VIRTUAL") || extra.contains("STORED") || extra.contains("PERSISTENT"),
+            generated: extra.contains("VIRTUAL")
+                || extra.contains("STORED")
+                || extra.contains("PERSISTENT"),
         });
     }
 
@@ -129,7 +137,10 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
                 "primary key column {k} is {data_type}{}: swivel needs integer keys, or \
                  CHAR/VARCHAR keys with a binary (_bin) collation, so that it orders keys \
                  exactly as the server does",
-                collation.as_deref().map(|c| format!(" with collation {c}")).unwrap_or_default()
+                collation
+                    .as_deref()
+                    .map(|c| format!(" with collation {c}"))
+                    .unwrap_or_default()
             )));
         }
         key.push(i);
@@ -359,7 +370,10 @@ pub async fn run_metadata_only(b: &mut MyBackend) -> Result<bool> {
             Ok(()) => return Ok(true),
             // ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON): not instant on this server.
             Err(mysql_async::Error::Server(e)) if e.code == 1845 || e.code == 1846 => {
-                tracing::info!("the server cannot run this instantly ({}); copying online", e.message);
+                tracing::info!(
+                    "the server cannot run this instantly ({}); copying online",
+                    e.message
+                );
                 return Ok(false);
             }
             Err(mysql_async::Error::Server(e))

@@ -127,8 +127,8 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
     let (file, position): (String, u64) = status
         .and_then(|row| Some((row.get(0)?, row.get(1)?)))
         .ok_or_else(|| {
-            Error::refused("SHOW MASTER STATUS shows no binlog: the binary log is off (log_bin)")
-        })?;
+        Error::refused("SHOW MASTER STATUS shows no binlog: the binary log is off (log_bin)")
+    })?;
 
     let conn = b.target.connect_raw("binlog").await?;
     b.conn_ids.push(conn.id());
@@ -192,7 +192,9 @@ async fn heartbeat(mut conn: Conn, names: Names, state: Arc<TailState>, progress
         if let Err(e) = emit(&mut conn, &names, HEARTBEAT_ID, "heartbeat", now_micros()).await {
             tracing::warn!("heartbeat failed: {e}");
         }
-        progress.lag_ms.store(state.lag().as_millis() as u64, Relaxed);
+        progress
+            .lag_ms
+            .store(state.lag().as_millis() as u64, Relaxed);
     }
 }
 
@@ -229,21 +231,20 @@ impl Applier {
 
     async fn stream_events(&mut self) -> Result<()> {
         loop {
-            let event = match tokio::time::timeout(Duration::from_millis(20), self.stream.next())
-                .await
-            {
-                Err(_) => {
-                    // Idle: apply what is due, so a quiet table still converges.
-                    self.router.release_held();
-                    self.flush().await?;
-                    continue;
-                }
-                Ok(None) => return Err(Error::Stream("the binlog stream ended".into())),
-                Ok(Some(Err(e))) => {
-                    return Err(Error::Stream(format!("the binlog stream failed: {e}")))
-                }
-                Ok(Some(Ok(event))) => event,
-            };
+            let event =
+                match tokio::time::timeout(Duration::from_millis(20), self.stream.next()).await {
+                    Err(_) => {
+                        // Idle: apply what is due, so a quiet table still converges.
+                        self.router.release_held();
+                        self.flush().await?;
+                        continue;
+                    }
+                    Ok(None) => return Err(Error::Stream("the binlog stream ended".into())),
+                    Ok(Some(Err(e))) => {
+                        return Err(Error::Stream(format!("the binlog stream failed: {e}")))
+                    }
+                    Ok(Some(Ok(event))) => event,
+                };
             let data = event
                 .read_data()
                 .map_err(|e| Error::Stream(format!("decoding a binlog event: {e}")))?;

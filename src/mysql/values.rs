@@ -23,7 +23,9 @@ pub enum Kind {
     /// ENUM: the binlog carries the 1-based index, which the server accepts as such.
     Enum,
     /// SET and BIT: a bit pattern, written back as its integer value.
-    Bits { little_endian: bool },
+    Bits {
+        little_endian: bool,
+    },
     /// DATE, DATETIME, TIME.
     Temporal,
     /// TIMESTAMP: seconds since the epoch (with a fraction), replayed with FROM_UNIXTIME in a
@@ -38,7 +40,13 @@ impl Kind {
     /// type swivel cannot replay.
     pub fn of(data_type: &str, column_type: &str) -> Option<Kind> {
         let unsigned = column_type.contains("unsigned");
-        let int = |bits| if unsigned { Kind::UInt(bits) } else { Kind::Int };
+        let int = |bits| {
+            if unsigned {
+                Kind::UInt(bits)
+            } else {
+                Kind::Int
+            }
+        };
         Some(match data_type {
             "tinyint" => int(8),
             "smallint" => int(16),
@@ -132,10 +140,7 @@ impl Kind {
                 }
             }
             (_, Value::Date(y, mo, d, h, mi, s, us)) => {
-                let _ = write!(
-                    sql,
-                    "'{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}'"
-                );
+                let _ = write!(sql, "'{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}'");
             }
             (_, Value::Time(neg, days, h, mi, s, us)) => {
                 let sign = if *neg { "-" } else { "" };
@@ -151,12 +156,14 @@ impl Kind {
 /// they can be written into a statement as they are.
 fn number(b: &[u8]) -> Result<&str, String> {
     let ok = !b.is_empty()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E'));
     match std::str::from_utf8(b) {
         Ok(s) if ok => Ok(s),
-        _ => Err(format!("an unexpected numeric value {:?}", String::from_utf8_lossy(b))),
+        _ => Err(format!(
+            "an unexpected numeric value {:?}",
+            String::from_utf8_lossy(b)
+        )),
     }
 }
 
@@ -204,7 +211,10 @@ mod tests {
     fn literals() {
         assert_eq!(lit(Kind::Bytes, Value::Bytes(b"a'b".to_vec())), "X'612762'");
         assert_eq!(lit(Kind::Bytes, Value::Bytes(vec![])), "''");
-        assert_eq!(lit(Kind::Decimal, Value::Bytes(b"-12.50".to_vec())), "-12.50");
+        assert_eq!(
+            lit(Kind::Decimal, Value::Bytes(b"-12.50".to_vec())),
+            "-12.50"
+        );
         assert_eq!(
             lit(Kind::Timestamp, Value::Bytes(b"1700000000.250000".to_vec())),
             "FROM_UNIXTIME(1700000000.250000)"

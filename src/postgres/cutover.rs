@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::backend::backoff;
 use super::{quote_ident, Names, PgBackend};
+use crate::backend::backoff;
 use crate::backend::CutoverReport;
 use crate::error::{Error, PgContext, Result};
 use crate::progress::Phase;

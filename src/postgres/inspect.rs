@@ -1,7 +1,6 @@
 //! Plan: inspect the table and the server, refuse what cannot be done safely, try the ALTER on
 //! an empty copy inside a transaction that is rolled back.
 
-
 use tokio_postgres::Client;
 
 use super::{quote_ident, shadow, Names, PgBackend};

@@ -96,3 +96,117 @@ pub async fn assert_nothing_left(client: &Client, table: &str) {
         assert_eq!(pubs, 0, "publication {name} was left behind");
     }
 }
+
+pub fn my_dsn() -> String {
+    testbed();
+    std::env::var("SWIVEL_MYSQL_DSN")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:33306/swivel".into())
+}
+
+/// The two servers every engine test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Postgres,
+    MariaDb,
+}
+
+impl Server {
+    pub fn dsn(self) -> String {
+        match self {
+            Server::Postgres => pg_dsn(),
+            Server::MariaDb => my_dsn(),
+        }
+    }
+}
+
+/// A session on either server, speaking plain SQL text: enough for workloads and checks.
+pub enum Db {
+    Pg(Client),
+    My(mysql_async::Conn),
+}
+
+impl Db {
+    pub async fn connect(server: Server) -> Db {
+        match server {
+            Server::Postgres => Db::Pg(connect(&pg_dsn()).await),
+            Server::MariaDb => Db::My(
+                mysql_async::Conn::from_url(my_dsn())
+                    .await
+                    .expect("connecting to the testbed's MariaDB"),
+            ),
+        }
+    }
+
+    /// Run statements; Err carries the server's message.
+    pub async fn exec(&mut self, sql: &str) -> Result<(), String> {
+        use mysql_async::prelude::Queryable;
+        match self {
+            Db::Pg(c) => c.batch_execute(sql).await.map_err(|e| format!("{e:?}")),
+            Db::My(c) => c.query_drop(sql).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// All rows of a query, every value as text (None for NULL).
+    pub async fn rows(&mut self, sql: &str) -> Vec<Vec<Option<String>>> {
+        use mysql_async::prelude::Queryable;
+        match self {
+            Db::Pg(c) => c
+                .simple_query(sql)
+                .await
+                .expect("querying")
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Db::My(c) => c
+                .query::<mysql_async::Row, _>(sql)
+                .await
+                .expect("querying")
+                .into_iter()
+                .map(|r| {
+                    r.unwrap()
+                        .into_iter()
+                        .map(|v| match v {
+                            mysql_async::Value::NULL => None,
+                            mysql_async::Value::Bytes(b) => {
+                                Some(String::from_utf8_lossy(&b).into_owned())
+                            }
+                            other => Some(other.as_sql(true)),
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// Drop a test table and everything a run may have made for it.
+    pub async fn reset(&mut self, table: &str) {
+        let sql = match self {
+            Db::Pg(_) => format!("DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old CASCADE"),
+            Db::My(_) => format!(
+                "DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old, _{table}_swl, _{table}_del"
+            ),
+        };
+        self.exec(&sql).await.expect("resetting the test table");
+    }
+
+    /// Fail if anything of a swivel run for `table` remains.
+    pub async fn assert_nothing_left(&mut self, table: &str) {
+        match self {
+            Db::Pg(c) => assert_nothing_left(c, table).await,
+            Db::My(_) => {
+                let left = self
+                    .rows(&format!(
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() \
+                         AND table_name IN ('_{table}_new', '_{table}_swl', '_{table}_del')"
+                    ))
+                    .await;
+                assert!(left.is_empty(), "left behind for {table}: {left:?}");
+            }
+        }
+    }
+}

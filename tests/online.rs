@@ -1,0 +1,317 @@
+//! The model-based concurrency test of DESIGN.md, one body for both servers: random inserts,
+//! updates (key changes, unique-value moves and large values included), deletes, multi-row
+//! transactions and rollbacks run during the copy and through the cut-over; afterwards the
+//! table must equal the writers' model, row for row.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Db, Server};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use swivel::{Outcome, RunOptions};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Row {
+    k: i64,
+    u: Option<i32>,
+    c: String,
+    big: Option<String>,
+}
+
+type Model = BTreeMap<i64, Row>;
+
+const WRITERS: i64 = 3;
+
+fn big_value(rng: &mut StdRng) -> String {
+    // Large: TOASTed out of line on PostgreSQL (the column is STORAGE EXTERNAL).
+    (0..3000)
+        .map(|_| char::from(b'a' + rng.gen_range(0..26)))
+        .collect()
+}
+
+/// A literal for a value the workload makes ([a-z0-9-] only, so no escaping is needed).
+fn lit<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or("NULL".to_string(), |v| format!("'{}'", v.to_string()))
+}
+
+async fn load_model(db: &mut Db, table: &str) -> Model {
+    db.rows(&format!("SELECT id, k, u, c, big FROM {table}"))
+        .await
+        .into_iter()
+        .map(|r| {
+            let int = |i: usize| {
+                r[i].as_deref()
+                    .map(|v| v.parse::<i64>().expect("an integer"))
+            };
+            (
+                int(0).expect("an id"),
+                Row {
+                    k: int(1).expect("a k"),
+                    u: int(2).map(|u| u as i32),
+                    c: r[3].clone().expect("a c"),
+                    big: r[4].clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// One writer: owns the keys with id % WRITERS == w, so its model part is exact.
+async fn writer(
+    server: Server,
+    table: String,
+    w: i64,
+    seed: u64,
+    mut model: Model,
+    stop: Arc<AtomicBool>,
+) -> Model {
+    let mut db = Db::connect(server).await;
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(w as u64));
+    let mut next_id = model.keys().next_back().copied().unwrap_or(0) + WRITERS * 1000 + w;
+    next_id -= next_id.rem_euclid(WRITERS) - w;
+    let unique_range = 1 + model.len() as i32 / 4;
+    while !stop.load(Ordering::Relaxed) {
+        let mut staged = model.clone();
+        let ops = rng.gen_range(1..=3);
+        db.exec("BEGIN").await.unwrap();
+        let mut failed = false;
+        for _ in 0..ops {
+            let pick = |rng: &mut StdRng, m: &Model| -> Option<i64> {
+                let lo = *m.keys().next()?;
+                let hi = *m.keys().next_back()?;
+                let x = rng.gen_range(lo..=hi);
+                m.range(x..).next().map(|(k, _)| *k)
+            };
+            let op = rng.gen_range(0..100);
+            let sql = if op < 30 || staged.is_empty() {
+                let id = next_id;
+                next_id += WRITERS;
+                let row = Row {
+                    k: rng.gen_range(0..1_000_000),
+                    u: None,
+                    c: format!("ins-{seed}-{id}"),
+                    big: rng.gen_bool(0.1).then(|| big_value(&mut rng)),
+                };
+                let sql = format!(
+                    "INSERT INTO {table} (id, k, u, c, big) VALUES ({id}, {}, NULL, '{}', {})",
+                    row.k,
+                    row.c,
+                    lit(&row.big)
+                );
+                staged.insert(id, row);
+                sql
+            } else if op < 55 {
+                // Leaves `big` alone: on PostgreSQL a TOASTed value arrives as "unchanged".
+                let id = pick(&mut rng, &staged).unwrap();
+                let row = staged.get_mut(&id).unwrap();
+                row.k = rng.gen_range(0..1_000_000);
+                row.c = format!("upd-{}", rng.gen::<u32>());
+                format!(
+                    "UPDATE {table} SET k = {}, c = '{}' WHERE id = {id}",
+                    row.k, row.c
+                )
+            } else if op < 63 {
+                let id = pick(&mut rng, &staged).unwrap();
+                let row = staged.get_mut(&id).unwrap();
+                row.big = rng.gen_bool(0.7).then(|| big_value(&mut rng));
+                format!("UPDATE {table} SET big = {} WHERE id = {id}", lit(&row.big))
+            } else if op < 73 {
+                // Moves a unique value between rows; collisions fail and roll back.
+                let id = pick(&mut rng, &staged).unwrap();
+                let row = staged.get_mut(&id).unwrap();
+                row.u = rng.gen_bool(0.8).then(|| rng.gen_range(0..unique_range));
+                format!("UPDATE {table} SET u = {} WHERE id = {id}", lit(&row.u))
+            } else if op < 83 {
+                // A primary key change.
+                let id = pick(&mut rng, &staged).unwrap();
+                let new_id = next_id;
+                next_id += WRITERS;
+                let row = staged.remove(&id).unwrap();
+                staged.insert(new_id, row);
+                format!("UPDATE {table} SET id = {new_id} WHERE id = {id}")
+            } else {
+                let id = pick(&mut rng, &staged).unwrap();
+                staged.remove(&id);
+                format!("DELETE FROM {table} WHERE id = {id}")
+            };
+            if db.exec(&sql).await.is_err() {
+                failed = true; // a unique collision or a cut-over hiccup: roll the whole thing back
+                break;
+            }
+        }
+        if failed || rng.gen_bool(0.1) {
+            db.exec("ROLLBACK").await.unwrap();
+        } else if db.exec("COMMIT").await.is_ok() {
+            model = staged;
+        }
+    }
+    model
+}
+
+async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
+    let table = format!("model_{seed}_{rows}");
+    let mut db = Db::connect(server).await;
+    db.reset(&table).await;
+    let (create, alter) = match server {
+        Server::Postgres => (
+            format!(
+                "CREATE TABLE {table} (id bigint PRIMARY KEY, k int NOT NULL, u int UNIQUE, c text NOT NULL, big text);
+                 ALTER TABLE {table} ALTER COLUMN big SET STORAGE EXTERNAL;
+                 CREATE INDEX ON {table} (k);
+                 INSERT INTO {table} (id, k, c, big)
+                   SELECT i * {WRITERS}, i % 1000, 'c' || i,
+                          CASE WHEN i % 500 = 0 THEN repeat(md5(i::text), 100) END
+                   FROM generate_series(1, {rows}) i;
+                 ANALYZE {table};"
+            ),
+            "ALTER COLUMN k TYPE bigint",
+        ),
+        Server::MariaDb => (
+            format!(
+                "CREATE TABLE {table} (id bigint PRIMARY KEY, k int NOT NULL, u int UNIQUE, c varchar(200) NOT NULL, big longtext, KEY (k));
+                 INSERT INTO {table} (id, k, c, big)
+                   SELECT seq * {WRITERS}, seq % 1000, concat('c', seq),
+                          IF(seq % 500 = 0, repeat(md5(seq), 100), NULL)
+                   FROM seq_1_to_{rows};
+                 ANALYZE TABLE {table};"
+            ),
+            "MODIFY k BIGINT NOT NULL",
+        ),
+    };
+    db.exec(&create).await.unwrap();
+    let initial = load_model(&mut db, &table).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let part: Model = initial
+                .iter()
+                .filter(|(id, _)| id.rem_euclid(WRITERS) == w)
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            tokio::spawn(writer(server, table.clone(), w, seed, part, stop.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut opts = RunOptions::new(server.dsn(), &table, alter);
+    opts.execute = true;
+    opts.chunk_size = 500;
+    opts.target_chunk_time = Duration::from_millis(50);
+    opts.cut_over_lock_timeout = Duration::from_millis(500);
+    opts.cut_over_retries = 30;
+    let outcome = swivel::run(opts, std::future::pending()).await;
+    // Writes go on against the new table after the swap.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut model = Model::new();
+    for w in writers {
+        model.extend(w.await.unwrap());
+    }
+    let stats = match outcome {
+        Ok(Outcome::Migrated(stats)) => stats,
+        other => panic!("{server:?} seed {seed}: the migration did not complete: {other:?}"),
+    };
+
+    let actual = load_model(&mut db, &table).await;
+    let k_type = match server {
+        Server::Postgres => format!("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = 'k'"),
+        Server::MariaDb => format!("SELECT data_type FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = '{table}' AND column_name = 'k'"),
+    };
+    let k_type = db.rows(&k_type).await;
+    assert_eq!(
+        k_type,
+        vec![vec![Some("bigint".to_string())]],
+        "{server:?} seed {seed}: the ALTER was not applied"
+    );
+    if actual != model {
+        let missing: Vec<_> = model
+            .keys()
+            .filter(|k| !actual.contains_key(k))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = actual
+            .keys()
+            .filter(|k| !model.contains_key(k))
+            .take(5)
+            .collect();
+        let differ: Vec<_> = model
+            .iter()
+            .filter(|(k, v)| actual.get(k).is_some_and(|a| a != *v))
+            .map(|(k, _)| k)
+            .take(5)
+            .collect();
+        panic!(
+            "{server:?} seed {seed}: the migrated table differs from the model ({} rows vs {}): missing {missing:?}, extra {extra:?}, different {differ:?}",
+            actual.len(),
+            model.len()
+        );
+    }
+    assert!(
+        stats.changes_applied > 0,
+        "{server:?} seed {seed}: no change was replayed, the test proved nothing"
+    );
+    db.assert_nothing_left(&table).await;
+    eprintln!(
+        "{server:?} seed {seed}: {} rows, {} copied, {} changes replayed, lock held {:?}",
+        actual.len(),
+        stats.rows_copied,
+        stats.changes_applied,
+        stats.cutover.lock_held
+    );
+    db.reset(&table).await;
+}
+
+mod postgres {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn seed_1() {
+        migrate_under_load(Server::Postgres, 1, 20_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn seed_2() {
+        migrate_under_load(Server::Postgres, 2, 20_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn seed_3() {
+        migrate_under_load(Server::Postgres, 3, 5_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn seed_4_with_200k_rows() {
+        migrate_under_load(Server::Postgres, 4, 200_000).await;
+    }
+}
+
+mod mariadb {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn seed_1() {
+        migrate_under_load(Server::MariaDb, 1, 20_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn seed_2() {
+        migrate_under_load(Server::MariaDb, 2, 20_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn seed_3() {
+        migrate_under_load(Server::MariaDb, 3, 5_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn seed_4_with_200k_rows() {
+        migrate_under_load(Server::MariaDb, 4, 200_000).await;
+    }
+}
