@@ -154,7 +154,64 @@ async fn writer(
     model
 }
 
+/// A fault injected into the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// Kill the session holding the cut-over lock, once; the run may retry.
+    KillLocker {
+        retries: u32,
+    },
+}
+
+/// Kill the session that holds the cut-over lock on `table`, the first time one does; true if
+/// it did.
+async fn kill_locker(server: Server, table: String, stop: Arc<AtomicBool>) -> bool {
+    let mut db = Db::connect(server).await;
+    let find = match server {
+        // The cut-over session sits idle in its transaction after LOCK TABLE.
+        Server::Postgres => format!(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' \
+             AND query LIKE 'LOCK TABLE %{table}%'"
+        ),
+        // The session holding LOCK TABLES … WRITE while the rename waits behind it.
+        Server::MariaDb => {
+            // Ships with the server; lists who holds which metadata lock.
+            let _ = db.exec("INSTALL SONAME 'metadata_lock_info'").await;
+            format!(
+                "SELECT m.thread_id FROM information_schema.metadata_lock_info m \
+                 JOIN information_schema.processlist p ON p.info LIKE 'RENAME TABLE %{table}%' \
+                 WHERE m.table_name = '{table}' AND m.lock_mode = 'MDL_SHARED_NO_READ_WRITE'"
+            )
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(id) = db
+            .rows(&find)
+            .await
+            .into_iter()
+            .next()
+            .and_then(|r| r[0].clone())
+        {
+            let kill = match server {
+                Server::Postgres => format!("SELECT pg_terminate_backend({id})"),
+                Server::MariaDb => format!("KILL {id}"),
+            };
+            db.exec(&kill)
+                .await
+                .expect("killing the cut-over lock session");
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    false
+}
+
 async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
+    run_model(server, seed, rows, Fault::None).await;
+}
+
+async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
     let table = format!("model_{seed}_{rows}");
     let mut db = Db::connect(server).await;
     db.reset(&table).await;
@@ -206,7 +263,26 @@ async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
     opts.target_chunk_time = Duration::from_millis(50);
     opts.cut_over_lock_timeout = Duration::from_millis(500);
     opts.cut_over_retries = 30;
+    let killer_stop = Arc::new(AtomicBool::new(false));
+    let killer = match fault {
+        Fault::None => None,
+        Fault::KillLocker { retries } => {
+            opts.cut_over_retries = retries;
+            Some(tokio::spawn(kill_locker(
+                server,
+                table.clone(),
+                killer_stop.clone(),
+            )))
+        }
+    };
     let outcome = swivel::run(opts, std::future::pending()).await;
+    if let Some(killer) = killer {
+        killer_stop.store(true, Ordering::Relaxed);
+        assert!(
+            killer.await.unwrap(),
+            "{server:?} seed {seed}: the cut-over lock was never seen, the fault was not injected"
+        );
+    }
     // Writes go on against the new table after the swap.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -214,9 +290,13 @@ async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
     for w in writers {
         model.extend(w.await.unwrap());
     }
-    let stats = match outcome {
-        Ok(Outcome::Migrated(stats)) => stats,
-        other => panic!("{server:?} seed {seed}: the migration did not complete: {other:?}"),
+    let stats = match (fault, outcome) {
+        (_, Ok(Outcome::Migrated(stats))) => Some(stats),
+        (Fault::KillLocker { retries: 0 }, Err(swivel::Error::Cutover(why))) => {
+            eprintln!("{server:?} seed {seed}: cut-over failed as expected: {why}");
+            None
+        }
+        (_, other) => panic!("{server:?} seed {seed}: the migration did not complete: {other:?}"),
     };
 
     let actual = load_model(&mut db, &table).await;
@@ -225,10 +305,15 @@ async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
         Server::MariaDb => format!("SELECT data_type FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = '{table}' AND column_name = 'k'"),
     };
     let k_type = db.rows(&k_type).await;
+    let expected_type = match (&stats, server) {
+        (Some(_), _) => "bigint",
+        (None, Server::Postgres) => "integer",
+        (None, Server::MariaDb) => "int",
+    };
     assert_eq!(
         k_type,
-        vec![vec![Some("bigint".to_string())]],
-        "{server:?} seed {seed}: the ALTER was not applied"
+        vec![vec![Some(expected_type.to_string())]],
+        "{server:?} seed {seed}: the table has the wrong type"
     );
     if actual != model {
         let missing: Vec<_> = model
@@ -253,18 +338,27 @@ async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
             model.len()
         );
     }
-    assert!(
-        stats.changes_applied > 0,
-        "{server:?} seed {seed}: no change was replayed, the test proved nothing"
-    );
     db.assert_nothing_left(&table).await;
-    eprintln!(
-        "{server:?} seed {seed}: {} rows, {} copied, {} changes replayed, lock held {:?}",
-        actual.len(),
-        stats.rows_copied,
-        stats.changes_applied,
-        stats.cutover.lock_held
-    );
+    if let Some(stats) = stats {
+        assert!(
+            stats.changes_applied > 0,
+            "{server:?} seed {seed}: no change was replayed, the test proved nothing"
+        );
+        if fault != Fault::None {
+            assert!(
+                stats.cutover.attempts > 1,
+                "{server:?} seed {seed}: the killed attempt cannot have succeeded"
+            );
+        }
+        eprintln!(
+            "{server:?} seed {seed}: {} rows, {} copied, {} changes replayed, lock held {:?}, {} cut-over attempt(s)",
+            actual.len(),
+            stats.rows_copied,
+            stats.changes_applied,
+            stats.cutover.lock_held,
+            stats.cutover.attempts
+        );
+    }
     db.reset(&table).await;
 }
 
@@ -290,6 +384,28 @@ mod postgres {
     async fn seed_4_with_200k_rows() {
         migrate_under_load(Server::Postgres, 4, 200_000).await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cut_over_lock_killed_then_retried() {
+        run_model(
+            Server::Postgres,
+            5,
+            20_000,
+            Fault::KillLocker { retries: 30 },
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cut_over_lock_killed_leaves_the_original() {
+        run_model(
+            Server::Postgres,
+            6,
+            20_000,
+            Fault::KillLocker { retries: 0 },
+        )
+        .await;
+    }
 }
 
 mod mariadb {
@@ -313,5 +429,21 @@ mod mariadb {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn seed_4_with_200k_rows() {
         migrate_under_load(Server::MariaDb, 4, 200_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cut_over_lock_killed_then_retried() {
+        run_model(
+            Server::MariaDb,
+            5,
+            20_000,
+            Fault::KillLocker { retries: 30 },
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cut_over_lock_killed_leaves_the_original() {
+        run_model(Server::MariaDb, 6, 20_000, Fault::KillLocker { retries: 0 }).await;
     }
 }

@@ -18,7 +18,7 @@ use crate::progress::Phase;
 
 pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
     let names = b.names()?.clone();
-    let (client, pid) = b.target.connect("cutover").await?;
+    let (mut client, pid) = b.target.connect("cutover").await?;
     b.pids.push(pid);
     let (marker_client, pid) = b.target.connect("marker").await?;
     b.pids.push(pid);
@@ -38,6 +38,12 @@ pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
     let attempts = b.opts.cut_over_retries + 1;
     for attempt in 1..=attempts {
         tail.check()?;
+        if client.is_closed() {
+            // The last attempt's session died (killed, network): its locks died with it.
+            let (fresh, pid) = b.target.connect("cutover").await?;
+            b.pids.push(pid);
+            client = fresh;
+        }
         client
             .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout_ms}ms'"))
             .await
@@ -49,6 +55,7 @@ pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
         let lock_started = Instant::now();
         let why = match locked {
             Err(e) if e.sqlstate() == Some("55P03") => format!("lock wait exceeded {timeout_ms}ms"),
+            Err(e) if client.is_closed() => format!("the session was lost ({e})"),
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
                 return Err(e);
@@ -77,6 +84,9 @@ pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
                         }
                         Err(e) if e.sqlstate() == Some("55P03") => {
                             format!("the rename's lock wait exceeded {timeout_ms}ms")
+                        }
+                        Err(e) if client.is_closed() => {
+                            format!("the session was lost before the swap ({e})")
                         }
                         Err(e) => {
                             let _ = client.batch_execute("ROLLBACK").await;
