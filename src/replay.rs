@@ -45,6 +45,10 @@ impl<C> Router<C> {
             self.batch.append(&mut self.held);
         }
         match view.decide(key) {
+            // Behind a held change, even a change that is due waits: replay keeps stream order
+            // across keys too, or an older value replayed later could displace (via a unique
+            // index) a row whose newer change was already applied.
+            Decision::Apply if !self.held.is_empty() => self.held.push(change),
             Decision::Apply => self.batch.push(change),
             Decision::Hold => {
                 self.held_epoch = view.epoch();

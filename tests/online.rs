@@ -174,14 +174,13 @@ async fn kill_locker(server: Server, table: String, stop: Arc<AtomicBool>) -> bo
             "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' \
              AND query LIKE 'LOCK TABLE %{table}%'"
         ),
-        // The session holding LOCK TABLES … WRITE while the rename waits behind it.
+        // The session holding LOCK TABLES … WRITE on the table.
         Server::MariaDb => {
             // Ships with the server; lists who holds which metadata lock.
             let _ = db.exec("INSTALL SONAME 'metadata_lock_info'").await;
             format!(
-                "SELECT m.thread_id FROM information_schema.metadata_lock_info m \
-                 JOIN information_schema.processlist p ON p.info LIKE 'RENAME TABLE %{table}%' \
-                 WHERE m.table_name = '{table}' AND m.lock_mode = 'MDL_SHARED_NO_READ_WRITE'"
+                "SELECT thread_id FROM information_schema.metadata_lock_info \
+                 WHERE table_name = '{table}' AND lock_mode = 'MDL_SHARED_NO_READ_WRITE'"
             )
         }
     };
@@ -212,6 +211,8 @@ async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
 }
 
 async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
+    // Cut-over retries and their reasons show in a failing test's output.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let table = format!("model_{seed}_{rows}");
     let mut db = Db::connect(server).await;
     db.reset(&table).await;
@@ -332,6 +333,21 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
             .map(|(k, _)| k)
             .take(5)
             .collect();
+        let sample: Vec<_> = extra
+            .iter()
+            .chain(differ.iter())
+            .map(|k| (k, actual.get(k), model.get(k)))
+            .map(|(k, a, m)| format!("{k}: table {a:?} model {m:?}"))
+            .collect();
+        eprintln!(
+            "{server:?} seed {seed}: {}",
+            sample
+                .join("\n")
+                .chars()
+                .filter(|c| *c != 'x')
+                .take(3000)
+                .collect::<String>()
+        );
         panic!(
             "{server:?} seed {seed}: the migrated table differs from the model ({} rows vs {}): missing {missing:?}, extra {extra:?}, different {differ:?}",
             actual.len(),

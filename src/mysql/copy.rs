@@ -1,8 +1,14 @@
 //! Keyset chunks: find where a chunk of n rows ends, then copy it with one
-//! `INSERT … SELECT` in its own transaction, reading a fresh snapshot (READ COMMITTED) without
-//! locking the source rows. Rows already written by the applier are kept: a duplicate key is
-//! a no-op update (`ON DUPLICATE KEY UPDATE pk = pk`), which, unlike `INSERT IGNORE`, leaves
-//! the server's strict-mode errors for values the new type cannot hold in place.
+//! `REPLACE … SELECT` in its own transaction, reading a fresh snapshot (READ COMMITTED) without
+//! locking the source rows.
+//!
+//! `REPLACE`, not `INSERT IGNORE`: while a chunk is read, the shadow holds no row with a key
+//! in its range (the applier holds changes to those keys until the chunk commits), so nothing
+//! the applier wrote can be overwritten. What can collide is a row outside the range on another
+//! unique index, holding a value its source row has since given up, in a change the applier
+//! has not reached yet: `INSERT IGNORE` would drop the copied row for good, `REPLACE` deletes
+//! the stale one, which that pending change then restores. And unlike `IGNORE`, `REPLACE` keeps
+//! the server's strict-mode errors for values the new type cannot hold.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Params, Value};
@@ -93,20 +99,12 @@ pub async fn copy_chunk(
     let shadow = b.shadow()?;
     let key_cols: Vec<String> = table.key_names().iter().map(|s| s.to_string()).collect();
     let (cond, params) = range(&key_cols, after, upto);
-    // Any shadow key column serves for the no-op update; the first is the key's first.
-    let first_key = &shadow.targets[shadow
-        .sources
-        .iter()
-        .position(|&s| s == table.key[0])
-        .ok_or_else(|| Error::Stream("the key is not copied".into()))?];
     let sql = format!(
-        "INSERT INTO {shadow_q} ({targets}) SELECT {sources} FROM {source} FORCE INDEX (PRIMARY) \
-         WHERE {cond} ON DUPLICATE KEY UPDATE {shadow_q}.{k} = {shadow_q}.{k}",
-        shadow_q = b.names.shadow_q(),
-        targets = shadow.target_list(),
-        sources = shadow.source_list(&table.columns),
-        source = b.names.source(),
-        k = quote_ident(first_key),
+        "REPLACE INTO {} ({}) SELECT {} FROM {} FORCE INDEX (PRIMARY) WHERE {cond}",
+        b.names.shadow_q(),
+        shadow.target_list(),
+        shadow.source_list(&table.columns),
+        b.names.source(),
     );
     let barrier = format!(
         "REPLACE INTO {} (id, hint, value) VALUES (3, 'barrier', 0)",

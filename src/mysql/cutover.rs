@@ -1,12 +1,15 @@
 //! Cut-over with gh-ost's sentry table. MariaDB 10.11 refuses `RENAME TABLE` under
 //! `LOCK TABLES` (error 1192), so the lock and the rename live in two sessions:
 //!
-//! 1. create the sentry `_t_del`; session A: `LOCK TABLES t WRITE, _t_del WRITE`;
-//! 2. session B: `RENAME TABLE t TO _t_del, _t_new TO t`, which waits for A's lock;
-//! 3. write a marker to the changelog and wait until the applier has applied everything
+//! 1. create the sentry `t__swivel_del`; session A: `LOCK TABLES t WRITE, <sentry> WRITE`;
+//! 2. write a marker to the changelog and wait until the applier has applied everything
 //!    before it (no write to `t` can commit meanwhile);
-//! 4. A: `DROP TABLE _t_del; UNLOCK TABLES`: B's rename goes first (a pending RENAME's
-//!    exclusive metadata lock is granted before the writes queued before it).
+//! 3. session B: `RENAME TABLE t TO <sentry>, _t_new TO t`, which queues behind A's lock;
+//! 4. A: `DROP TABLE <sentry>; UNLOCK TABLES`: B's rename goes first (a pending RENAME's
+//!    exclusive metadata lock is granted before the writes queued on `t`).
+//!
+//! Unlike gh-ost, the rename is queued after the drain: RENAME takes its locks in name order
+//! and holds `_t_new` while it waits for `t`, which would block the applier's last writes.
 //!
 //! If anything fails before 4 (A's connection dies, a timeout), A's locks go away with the
 //! sentry still there, so B's rename fails ("table exists") and `t` stays the original table.
@@ -123,8 +126,28 @@ async fn attempt_swap(
         .map_err(|e| fail("locking the table", e))?;
     let locked_at = Instant::now();
 
-    // B waits for A's lock; it must outlast the drain, and fails at once if A goes away
-    // while the sentry exists.
+    // Every write to the table committed before this marker: once the applier reaches it,
+    // the shadow table holds them all.
+    let marker = u64::from(attempt);
+    if let Err(e) = tail::emit_marker(marker_conn, &names, marker).await {
+        return Err(Retry::Because(format!("writing the marker: {e}")));
+    }
+    let drained = match tail_of(b) {
+        Ok(tail) => tail.wait_marker(marker, timeout).await,
+        Err(e) => Err(e),
+    };
+    match drained {
+        Ok(true) => {}
+        Ok(false) | Err(_) => {
+            let why = match drained {
+                Err(e) => format!("the applier failed: {e}"),
+                _ => format!("the applier did not drain within {timeout:?}"),
+            };
+            return Err(Retry::Because(why));
+        }
+    }
+
+    // B queues behind A's lock, and fails at once if A goes away while the sentry exists.
     let renamer_id = renamer.id();
     let rename = format!(
         "SET SESSION lock_wait_timeout = {}; RENAME TABLE {} TO {sentry}, {} TO {}",
@@ -145,27 +168,6 @@ async fn attempt_swap(
             "the rename did not queue behind the lock".into(),
         )
         .await);
-    }
-
-    // Every write to the table committed before this marker: once the applier reaches it,
-    // the shadow table holds them all.
-    let marker = u64::from(attempt);
-    if let Err(e) = tail::emit_marker(marker_conn, &names, marker).await {
-        return Err(abandon(b, renamer_id, format!("writing the marker: {e}")).await);
-    }
-    let drained = match tail_of(b) {
-        Ok(tail) => tail.wait_marker(marker, timeout).await,
-        Err(e) => Err(e),
-    };
-    match drained {
-        Ok(true) => {}
-        Ok(false) | Err(_) => {
-            let why = match drained {
-                Err(e) => format!("the applier failed: {e}"),
-                _ => format!("the applier did not drain within {timeout:?}"),
-            };
-            return Err(abandon(b, renamer_id, why).await);
-        }
     }
 
     // The point of no return: with the sentry gone, unlocking lets the rename through.

@@ -39,6 +39,13 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
     check_server(b, &mut lines).await?;
     let names = b.names.clone();
     let (db, table) = (names.db.as_str(), names.table.as_str());
+    if names.sentry.len() > 64 {
+        return Err(Error::refused(format!(
+            "the table name {table} is too long for the cut-over's sentry table {} (64 \
+             characters at most): rename the table to at most 51 characters first",
+            names.sentry
+        )));
+    }
 
     let found: Option<(String, Option<String>, Option<u64>)> = b
         .ctl

@@ -188,7 +188,7 @@ impl Db {
         let sql = match self {
             Db::Pg(_) => format!("DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old CASCADE"),
             Db::My(_) => format!(
-                "DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old, _{table}_swl, _{table}_del"
+                "DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old, _{table}_swl, {table}__swivel_del"
             ),
         };
         self.exec(&sql).await.expect("resetting the test table");
@@ -202,7 +202,7 @@ impl Db {
                 let left = self
                     .rows(&format!(
                         "SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() \
-                         AND table_name IN ('_{table}_new', '_{table}_swl', '_{table}_del')"
+                         AND table_name IN ('_{table}_new', '_{table}_swl', '{table}__swivel_del')"
                     ))
                     .await;
                 assert!(left.is_empty(), "left behind for {table}: {left:?}");
