@@ -60,15 +60,7 @@ pub async fn cleanup_leftovers(
     let names = Names::new(&db, &table);
     let mut removed = Vec::new();
     for name in [&names.shadow, &names.changelog] {
-        let exists: Option<String> = ctl
-            .exec_first(
-                "SELECT table_name FROM information_schema.tables \
-                 WHERE table_schema = ? AND table_name = ?",
-                (db.as_str(), name.as_str()),
-            )
-            .await
-            .my_ctx("looking for leftovers")?;
-        if exists.is_some() {
+        if super::table_exists(&mut ctl, &db, name).await? {
             ctl.query_drop(format!("DROP TABLE {}", names.qualified(name)))
                 .await
                 .my_ctx(format!("dropping {name}"))?;

@@ -186,16 +186,7 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
         )));
     }
     for leftover in [&names.shadow, &names.changelog, &names.sentry, &names.old] {
-        let exists: Option<String> = b
-            .ctl
-            .exec_first(
-                "SELECT table_name FROM information_schema.tables \
-                 WHERE table_schema = ? AND table_name = ?",
-                (db, leftover.as_str()),
-            )
-            .await
-            .my_ctx("looking for leftovers")?;
-        if exists.is_some() {
+        if super::table_exists(&mut b.ctl, db, leftover).await? {
             let what = if leftover == &names.old {
                 "the table a swap would rename the original to: drop or rename it first"
             } else {

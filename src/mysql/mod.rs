@@ -34,6 +34,20 @@ pub fn quote_ident(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
 }
 
+/// Whether table `db.name` exists.
+pub async fn table_exists(conn: &mut Conn, db: &str, name: &str) -> Result<bool> {
+    use mysql_async::prelude::Queryable;
+    let found: Option<String> = conn
+        .exec_first(
+            "SELECT table_name FROM information_schema.tables \
+             WHERE table_schema = ? AND table_name = ?",
+            (db, name),
+        )
+        .await
+        .map_err(|e| Error::my(format!("looking for table {db}.{name}"), e))?;
+    Ok(found.is_some())
+}
+
 /// The names of everything a run creates, derived from the table so a crashed run's leftovers
 /// are recognizable: `_<table>_new` (shadow), `_<table>_swl` (changelog), `<table>__swivel_del`
 /// (cut-over sentry), `_<table>_old` (the original table, kept after the swap).
