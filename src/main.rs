@@ -14,7 +14,7 @@ use swivel::RunOptions;
 #[command(
     name = "swivel",
     version,
-    about = "Online schema changes for PostgreSQL (MySQL/MariaDB next)"
+    about = "Online schema changes for PostgreSQL and MySQL/MariaDB"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -91,6 +91,13 @@ struct RunArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     progress_interval: Duration,
+    /// Write machine-readable status here: a JSON line every --status-interval, then a last
+    /// line with the outcome and when each phase began.
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// Time between status-file lines.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    status_interval: Duration,
 }
 
 #[derive(Args)]
@@ -169,6 +176,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     opts.max_lag = args.max_lag_millis;
     opts.drop_old_table = args.drop_old_table;
     opts.progress_interval = Some(args.progress_interval);
+    opts.status_file = args.status_file;
+    opts.status_interval = args.status_interval;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("swivel: interrupted, cleaning up");

@@ -2,9 +2,11 @@
 //! and cleans up on every exit path.
 
 use std::future::Future;
+use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::backend::{Backend, CutoverReport, PlanReport};
 use crate::copy::copy_table;
@@ -12,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::mysql::MyBackend;
 use crate::options::RunOptions;
 use crate::postgres::PgBackend;
-use crate::progress::{Phase, Progress};
+use crate::progress::{unix_ms, Phase, Progress};
 use crate::watermark::Watermark;
 
 #[derive(Debug)]
@@ -101,6 +103,10 @@ async fn migrate<B: Backend>(
             }
         })
     });
+    let status = match &opts.status_file {
+        Some(path) => Some(StatusFile::create(path, progress.clone(), opts.status_interval)?),
+        None => None,
+    };
 
     let result = tokio::select! {
         r = pipeline(backend, opts, progress, watermark) => r,
@@ -111,11 +117,15 @@ async fn migrate<B: Backend>(
     }
     let cleaned = backend.cleanup(result.is_ok()).await;
     let (cutover, copy_time) = match (result, cleaned) {
-        (Err(e), Err(c)) => {
-            tracing::error!("cleanup after failure also failed: {c}");
+        (Err(e), cleaned) => {
+            if let Err(c) = cleaned {
+                tracing::error!("cleanup after failure also failed: {c}");
+            }
+            if let Some(status) = status {
+                status.finish(Err(&e));
+            }
             return Err(e);
         }
-        (Err(e), Ok(())) => return Err(e),
         (Ok(r), Err(c)) => {
             // The swap is done; say what is left behind rather than fail the run.
             tracing::warn!("the migration succeeded but cleanup failed: {c}; run `swivel cleanup`");
@@ -124,14 +134,99 @@ async fn migrate<B: Backend>(
         (Ok(r), Ok(())) => r,
     };
     progress.set_phase(Phase::Done);
-    Ok(Outcome::Migrated(MigrationStats {
+    let stats = MigrationStats {
         plan,
         rows_copied: progress.rows_copied.load(Relaxed),
         copy_time,
         changes_applied: progress.changes_applied.load(Relaxed),
         cutover,
         total_time: started.elapsed(),
-    }))
+    };
+    if let Some(status) = status {
+        status.finish(Ok(&stats));
+    }
+    Ok(Outcome::Migrated(stats))
+}
+
+/// `--status-file`: a JSON line of [`Progress::status_json`] every interval while the run goes,
+/// and a last line with the outcome and when each phase began.
+struct StatusFile {
+    file: Arc<std::sync::Mutex<std::fs::File>>,
+    progress: Arc<Progress>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl StatusFile {
+    fn create(path: &Path, progress: Arc<Progress>, every: Duration) -> Result<Self> {
+        let file = std::fs::File::create(path).map_err(|e| {
+            Error::refused(format!("cannot write the status file {}: {e}", path.display()))
+        })?;
+        let file = Arc::new(std::sync::Mutex::new(file));
+        let (shared, out) = (progress.clone(), file.clone());
+        let writer = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if !write_line(&out, &shared.status_json()) {
+                    return;
+                }
+            }
+        });
+        Ok(StatusFile {
+            file,
+            progress,
+            writer,
+        })
+    }
+
+    /// The last line: how the run ended, and when each phase began.
+    fn finish(self, outcome: Result<&MigrationStats, &Error>) {
+        self.writer.abort();
+        let events: serde_json::Map<String, serde_json::Value> = self
+            .progress
+            .events()
+            .into_iter()
+            .map(|(name, at)| (name.to_string(), at.into()))
+            .collect();
+        let mut line = serde_json::json!({
+            "unix_ms": unix_ms(SystemTime::now()),
+            "events": events,
+        });
+        let fields = match outcome {
+            Ok(stats) => serde_json::json!({
+                "outcome": "migrated",
+                "rows_copied": stats.rows_copied,
+                "copy_ms": stats.copy_time.as_millis() as u64,
+                "changes_applied": stats.changes_applied,
+                "cutover_attempts": stats.cutover.attempts,
+                "cutover_lock_ms": stats.cutover.lock_held.as_secs_f64() * 1000.0,
+                "total_ms": stats.total_time.as_millis() as u64,
+            }),
+            Err(e) => serde_json::json!({ "outcome": "failed", "error": e.to_string() }),
+        };
+        if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+            line.extend(fields);
+        }
+        write_line(&self.file, &line);
+    }
+}
+
+/// Append one JSON line; false (and a warning) if the file cannot be written.
+fn write_line(file: &std::sync::Mutex<std::fs::File>, line: &serde_json::Value) -> bool {
+    let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+    match writeln!(file, "{line}") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("writing the status file: {e}");
+            false
+        }
+    }
+}
+
+impl Drop for StatusFile {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
 }
 
 async fn pipeline<B: Backend>(
@@ -155,5 +250,6 @@ async fn pipeline<B: Backend>(
     let copy_time = copy_started.elapsed();
     progress.set_phase(Phase::CatchingUp);
     let report = backend.cutover().await?;
+    progress.mark("swapped");
     Ok((report, copy_time))
 }

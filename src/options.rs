@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub progress_interval: Option<Duration>,
     /// Where to write status as JSON lines, if anywhere.
     pub status_file: Option<PathBuf>,
+    /// How often a status line is written to the status file.
+    pub status_interval: Duration,
 }
 
 impl RunOptions {
@@ -46,6 +48,7 @@ impl RunOptions {
             drop_old_table: false,
             progress_interval: None,
             status_file: None,
+            status_interval: Duration::from_secs(1),
         }
     }
 }

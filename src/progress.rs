@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -46,6 +46,8 @@ pub struct Progress {
     /// Replication lag in milliseconds, as last measured by the heartbeat.
     pub lag_ms: AtomicU64,
     copy_started: Mutex<Option<Instant>>,
+    /// When each phase began (and other milestones), for the status file.
+    events: Mutex<Vec<(&'static str, SystemTime)>>,
 }
 
 impl Default for Progress {
@@ -58,6 +60,7 @@ impl Default for Progress {
             changes_applied: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             copy_started: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
         }
     }
 }
@@ -73,6 +76,33 @@ impl Progress {
             started.get_or_insert_with(Instant::now);
         }
         self.phase.store(phase as u8, Relaxed);
+        self.mark(phase.name());
+    }
+
+    /// Record that `event` happened now (a phase began, the tables were swapped).
+    pub fn mark(&self, event: &'static str) {
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.push((event, SystemTime::now()));
+    }
+
+    /// The milestones so far, as (name, milliseconds since the epoch).
+    pub fn events(&self) -> Vec<(&'static str, u64)> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.iter().map(|(name, at)| (*name, unix_ms(*at))).collect()
+    }
+
+    /// The current state as one JSON object: one line of the status file.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "unix_ms": unix_ms(SystemTime::now()),
+            "phase": self.phase().name(),
+            "rows_copied": self.rows_copied.load(Relaxed),
+            "rows_estimate": self.rows_estimate.load(Relaxed),
+            "rows_per_second": self.copy_rate().round(),
+            "chunk_size": self.chunk_size.load(Relaxed),
+            "lag_ms": self.lag_ms.load(Relaxed),
+            "changes_applied": self.changes_applied.load(Relaxed),
+        })
     }
 
     pub fn lag(&self) -> Duration {
@@ -122,6 +152,11 @@ impl Progress {
             eta
         )
     }
+}
+
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn format_duration(d: Duration) -> String {
