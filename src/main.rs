@@ -10,6 +10,8 @@ use swivel::migrate::Outcome;
 use swivel::progress::format_duration;
 use swivel::RunOptions;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "swivel",
@@ -27,6 +29,38 @@ enum Command {
     Run(RunArgs),
     /// Remove what a crashed run left behind (shadow table, publication, slot).
     Cleanup(CleanupArgs),
+    /// Measure swivel against the baselines on a scratch table under a write workload.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Connection URL of a staging server; the bench makes and drops its own table
+    /// (swivel_bench) there.
+    #[arg(long)]
+    dsn: String,
+    /// A file whose first line is the password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// Rows in the scratch table.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// The application's writes per second, before, during and after each run (0: none).
+    #[arg(long, default_value_t = 200)]
+    write_rate: u32,
+    /// The change, as what follows `ALTER TABLE swivel_bench` (default: k to bigint).
+    #[arg(long)]
+    alter: Option<String>,
+    /// Comma-separated: offline, copy-floor, pt-osc (MySQL/MariaDB), pg-repack (PostgreSQL).
+    /// Default: offline, copy-floor and the server's own tool. "none" runs swivel alone.
+    #[arg(long)]
+    baselines: Option<String>,
+    /// Where the JSON and Markdown reports, the chart and the tools' logs go.
+    #[arg(long, default_value = "swivel-bench")]
+    report: PathBuf,
+    /// Writes before each tool starts (and after it ends), e.g. 3s.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
 }
 
 #[derive(Args)]
@@ -145,6 +179,7 @@ async fn main() -> ExitCode {
 async fn real_main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
+        Command::Bench(args) => bench_command(args).await,
         Command::Cleanup(args) => {
             let password = args.target.password()?;
             let removed = swivel::migrate::cleanup_leftovers(
@@ -162,6 +197,51 @@ async fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
+    let password = args
+        .password_file
+        .as_ref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --password-file {}", path.display()))
+                .map(|s| s.lines().next().unwrap_or("").to_string())
+        })
+        .transpose()?;
+    let baselines = match args.baselines.as_deref() {
+        None => None,
+        Some("none") => Some(Vec::new()),
+        Some(list) => Some(
+            list.split(',')
+                .map(bench::Baseline::parse)
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        ),
+    };
+    let opts = bench::BenchOptions {
+        dsn: args.dsn,
+        password,
+        password_file: args.password_file,
+        rows: args.rows,
+        write_rate: args.write_rate,
+        alter: args.alter,
+        baselines,
+        report_dir: args.report,
+        warmup: args.warmup,
+        cooldown: args.warmup,
+    };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("swivel: interrupted, dropping what the bench created");
+    };
+    let report = bench::run(opts.clone(), shutdown).await?;
+    println!("{}", report.server);
+    print!("{}", report.table());
+    print!("{}", report.summary());
+    for file in bench::write_report(&report, &opts.report_dir)? {
+        println!("wrote {}", file.display());
+    }
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -104,7 +104,11 @@ async fn migrate<B: Backend>(
         })
     });
     let status = match &opts.status_file {
-        Some(path) => Some(StatusFile::create(path, progress.clone(), opts.status_interval)?),
+        Some(path) => Some(StatusFile::create(
+            path,
+            progress.clone(),
+            opts.status_interval,
+        )?),
         None => None,
     };
 
@@ -159,7 +163,10 @@ struct StatusFile {
 impl StatusFile {
     fn create(path: &Path, progress: Arc<Progress>, every: Duration) -> Result<Self> {
         let file = std::fs::File::create(path).map_err(|e| {
-            Error::refused(format!("cannot write the status file {}: {e}", path.display()))
+            Error::refused(format!(
+                "cannot write the status file {}: {e}",
+                path.display()
+            ))
         })?;
         let file = Arc::new(std::sync::Mutex::new(file));
         let (shared, out) = (progress.clone(), file.clone());

@@ -88,7 +88,10 @@ impl Progress {
     /// The milestones so far, as (name, milliseconds since the epoch).
     pub fn events(&self) -> Vec<(&'static str, u64)> {
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        events.iter().map(|(name, at)| (*name, unix_ms(*at))).collect()
+        events
+            .iter()
+            .map(|(name, at)| (*name, unix_ms(*at)))
+            .collect()
     }
 
     /// The current state as one JSON object: one line of the status file.

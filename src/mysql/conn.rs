@@ -45,6 +45,11 @@ impl MyTarget {
         })
     }
 
+    /// The parsed connection settings (for tools run beside swivel).
+    pub fn opts(&self) -> &Opts {
+        &self.opts
+    }
+
     pub fn db(&self) -> &str {
         &self.db
     }

@@ -54,6 +54,12 @@ impl PgTarget {
         Ok(PgTarget { config })
     }
 
+    /// The parsed connection settings (for tools run beside swivel, such as `swivel bench`'s
+    /// baselines).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     /// user@host:port/db, without the password.
     pub fn describe(&self) -> String {
         let host = match self.config.get_hosts().first() {
