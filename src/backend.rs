@@ -42,6 +42,8 @@ pub trait Backend {
         upto: Option<&Key>,
         discarded: &[u64],
     ) -> Result<u64>;
+    /// Every row is copied: build what the copy deferred (secondary indexes) before cut-over.
+    async fn copy_done(&mut self) -> Result<()>;
     /// Fails if the change stream or the applier has failed.
     fn check_tail(&self) -> Result<()>;
     /// Swap the tables once the applier has caught up.

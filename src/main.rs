@@ -58,8 +58,8 @@ struct BenchArgs {
     /// Where the JSON and Markdown reports, the chart and the tools' logs go.
     #[arg(long, default_value = "swivel-bench")]
     report: PathBuf,
-    /// Writes before each tool starts (and after it ends), e.g. 3s.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// Writes before each tool starts (and after it ends), e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     warmup: Duration,
 }
 

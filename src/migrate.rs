@@ -256,6 +256,8 @@ async fn pipeline<B: Backend>(
     .await?;
     let copy_time = copy_started.elapsed();
     progress.set_phase(Phase::CatchingUp);
+    backend.copy_done().await?;
+    progress.mark("indexes built");
     let report = backend.cutover().await?;
     progress.mark("swapped");
     Ok((report, copy_time))

@@ -5,6 +5,8 @@
 #   testbed/testbed.sh stop     stop both instances, keep their data
 #   testbed/testbed.sh wipe     stop both instances and delete their data
 #   testbed/testbed.sh status   say what runs where
+#   testbed/testbed.sh tools    install the bench's baseline tools where missing
+#                               (pt-online-schema-change, pg_repack for the server's version)
 #
 # PostgreSQL: 127.0.0.1:55432, wal_level=logical, database swivel, user postgres (trust).
 # MariaDB:    127.0.0.1:33306, binlog ROW / FULL, database swivel, user root (no password).
@@ -144,6 +146,14 @@ case "${1:-start}" in
         start_pg "$plain_dir" "$plain_port" replica
         start_mariadb
         ;;
+    tools)
+        need=()
+        command -v pt-online-schema-change >/dev/null || need+=(percona-toolkit)
+        bin=$(pg_bin) || { log "no PostgreSQL server binaries: run start first"; exit 1; }
+        [ -x "$bin/pg_repack" ] || need+=("postgresql-$(basename "$(dirname "$bin")")-repack")
+        if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+        log "baseline tools ready: pt-online-schema-change, $bin/pg_repack"
+        ;;
     stop) stop_all ;;
     wipe) stop_all; rm -rf "$base"; log "data removed" ;;
     status)
@@ -151,5 +161,5 @@ case "${1:-start}" in
         if [ -f "$plain_dir/data/PG_VERSION" ] && pg_running "$plain_dir"; then echo "postgres (wal_level=replica): running on 127.0.0.1:$plain_port"; else echo "postgres (wal_level=replica): stopped"; fi
         if my_running; then echo "mariadb: running on 127.0.0.1:$my_port"; else echo "mariadb: stopped"; fi
         ;;
-    *) echo "usage: $0 start|stop|wipe|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|wipe|status|tools" >&2; exit 2 ;;
 esac

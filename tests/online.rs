@@ -316,6 +316,22 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
         vec![vec![Some(expected_type.to_string())]],
         "{server:?} seed {seed}: the table has the wrong type"
     );
+    // The indexes survive the swap (PostgreSQL builds the secondary ones after the copy).
+    let indexes = match server {
+        Server::Postgres => format!(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = '{table}' ORDER BY indexdef"
+        ),
+        Server::MariaDb => format!(
+            "SELECT DISTINCT concat(index_name, ' ', column_name, ' ', non_unique) FROM information_schema.statistics
+             WHERE table_schema = DATABASE() AND table_name = '{table}' ORDER BY 1"
+        ),
+    };
+    let indexes = db.rows(&indexes).await;
+    assert_eq!(
+        indexes.len(),
+        3,
+        "{server:?} seed {seed}: the table should keep its key, unique and k indexes: {indexes:?}"
+    );
     if actual != model {
         let missing: Vec<_> = model
             .keys()
@@ -462,4 +478,76 @@ mod mariadb {
     async fn cut_over_lock_killed_leaves_the_original() {
         run_model(Server::MariaDb, 6, 20_000, Fault::KillLocker { retries: 0 }).await;
     }
+}
+
+/// A chunk of n rows ends at the n-th key in key order (ids 1..=20000: in text order the
+/// 1000th would be 10897, and chunks would hold wildly more rows than asked for).
+async fn chunks_count_rows_in_key_order<B: swivel::backend::Backend>(mut backend: B) {
+    use swivel::watermark::KeyPart;
+    backend.plan().await.unwrap();
+    backend.prepare().await.unwrap();
+    let first = backend.chunk_end(None, 1000).await;
+    let second = match &first {
+        Ok(end) => backend.chunk_end(end.as_ref(), 1000).await,
+        Err(_) => Ok(None),
+    };
+    backend.cleanup(false).await.unwrap();
+    assert_eq!(first.unwrap(), Some(vec![KeyPart::Int(1000)]));
+    assert_eq!(second.unwrap(), Some(vec![KeyPart::Int(2000)]));
+}
+
+async fn chunk_test_table(server: Server) -> (Db, RunOptions) {
+    let table = "chunk_order";
+    let mut db = Db::connect(server).await;
+    db.reset(table).await;
+    let fill = match server {
+        Server::Postgres => format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, k int);
+             INSERT INTO {table} SELECT i, i FROM generate_series(1, 20000) i"
+        ),
+        Server::MariaDb => format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, k int);
+             INSERT INTO {table} SELECT seq, seq FROM seq_1_to_20000"
+        ),
+    };
+    db.exec(&fill).await.unwrap();
+    let alter = match server {
+        Server::Postgres => "ALTER COLUMN k TYPE bigint",
+        Server::MariaDb => "MODIFY k BIGINT",
+    };
+    let mut opts = RunOptions::new(server.dsn(), table, alter);
+    opts.execute = true;
+    (db, opts)
+}
+
+#[tokio::test]
+async fn postgres_chunks_count_rows_in_key_order() {
+    use std::sync::Arc;
+    let (mut db, opts) = chunk_test_table(Server::Postgres).await;
+    let backend = swivel::postgres::PgBackend::connect(
+        opts,
+        Arc::new(swivel::progress::Progress::default()),
+        Arc::new(swivel::watermark::Watermark::new()),
+    )
+    .await
+    .unwrap();
+    chunks_count_rows_in_key_order(backend).await;
+    db.assert_nothing_left("chunk_order").await;
+    db.reset("chunk_order").await;
+}
+
+#[tokio::test]
+async fn mariadb_chunks_count_rows_in_key_order() {
+    use std::sync::Arc;
+    let (mut db, opts) = chunk_test_table(Server::MariaDb).await;
+    let backend = swivel::mysql::MyBackend::connect(
+        opts,
+        Arc::new(swivel::progress::Progress::default()),
+        Arc::new(swivel::watermark::Watermark::new()),
+    )
+    .await
+    .unwrap();
+    chunks_count_rows_in_key_order(backend).await;
+    db.assert_nothing_left("chunk_order").await;
+    db.reset("chunk_order").await;
 }

@@ -246,19 +246,22 @@ async fn pg_repack_binary(db: &mut Db) -> Result<String> {
     if Path::new(&versioned).exists() {
         return Ok(versioned);
     }
-    which("pg_repack").context(format!(
-        "pg_repack is not installed (Debian: apt-get install postgresql-{}-repack)",
-        version / 10000
-    ))
+    which("pg_repack").with_context(|| {
+        format!(
+            "pg_repack is not installed (Debian: apt-get install postgresql-{}-repack, or \
+             testbed/testbed.sh tools)",
+            version / 10000
+        )
+    })
 }
 
-fn which(program: &str) -> Result<String> {
+/// The program's path, if it is on the PATH.
+fn which(program: &str) -> Option<String> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
         .map(|p| p.display().to_string())
-        .with_context(|| format!("{program} is not on the PATH"))
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {

@@ -10,7 +10,7 @@ use swivel::postgres::PgTarget;
 /// Which server a URL points at, with its parsed settings.
 #[derive(Clone, Debug)]
 pub enum Target {
-    Pg(PgTarget),
+    Pg(Box<PgTarget>),
     My(MyTarget),
 }
 
@@ -18,7 +18,7 @@ impl Target {
     pub fn parse(dsn: &str, password: Option<&str>) -> Result<Target> {
         let scheme = dsn.split_once("://").map_or("", |(s, _)| s);
         Ok(match scheme {
-            "postgres" | "postgresql" => Target::Pg(PgTarget::parse(dsn, password)?),
+            "postgres" | "postgresql" => Target::Pg(Box::new(PgTarget::parse(dsn, password)?)),
             "mysql" | "mariadb" => Target::My(MyTarget::parse(dsn, password)?),
             _ => anyhow::bail!(
                 "unknown connection URL scheme `{scheme}`: use postgres://user@host:port/db or \

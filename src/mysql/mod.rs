@@ -2,13 +2,13 @@
 //! binlog tail (as a replica with a server id of its own) and applier, and gh-ost's
 //! sentry-table cut-over.
 
-mod apply;
+pub mod apply;
 mod cleanup;
 mod conn;
 mod copy;
 mod cutover;
-mod inspect;
-mod shadow;
+pub mod inspect;
+pub mod shadow;
 mod tail;
 pub mod values;
 
@@ -185,6 +185,10 @@ impl Backend for MyBackend {
         tail::start(self).await?;
         let copier = self.session("copy").await?;
         self.copier = Some(copier);
+        Ok(())
+    }
+
+    async fn copy_done(&mut self) -> Result<()> {
         Ok(())
     }
 

@@ -1,5 +1,11 @@
-//! Keyset chunks: find where a chunk ends, then copy it with one `INSERT … SELECT … ON CONFLICT
-//! DO NOTHING` in a short REPEATABLE READ transaction whose snapshot is checked first.
+//! Keyset chunks: find where a chunk ends, then copy it with one `INSERT … SELECT` in a short
+//! REPEATABLE READ transaction whose snapshot is checked first.
+//!
+//! The insert is plain, not `ON CONFLICT DO NOTHING`: the applier never writes inside a chunk's
+//! key range before the chunk commits, so a conflict can only be on another unique index, with
+//! a stale row whose fix the applier has not replayed yet. Skipping the row would lose it;
+//! the chunk waits for the applier to pass that point and is tried again. (It also spares the
+//! speculative insertion that `ON CONFLICT` costs per row: 1.5x on the bench's chunks.)
 
 use std::time::Duration;
 
@@ -15,10 +21,13 @@ fn key_texts(key: Option<&Key>) -> Vec<String> {
 pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
     let table = b.table()?;
     let source = b.names()?.source();
+    // Aliased: a bare `ORDER BY id` would sort by the output column `id::text`, in text order,
+    // and no index serves that.
     let cols: Vec<String> = table
         .key
         .iter()
-        .map(|k| format!("{}::text", super::quote_ident(&k.name)))
+        .enumerate()
+        .map(|(i, k)| format!("{}::text AS swivel_key_{i}", super::quote_ident(&k.name)))
         .collect();
     let order = table.key_list();
     let filter = match after {
@@ -93,7 +102,7 @@ pub async fn copy_chunk(
         .map(|t| super::quote_ident(t))
         .collect();
     let sql = format!(
-        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} {filter} ON CONFLICT DO NOTHING",
+        "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} {filter}",
         names.shadow_q(),
         targets.join(", "),
         shadow.exprs.join(", "),
@@ -146,6 +155,12 @@ pub async fn copy_chunk(
             Err(e) if matches!(e.sqlstate(), Some("40001" | "40P01")) && attempt < 100 => {
                 tracing::debug!("chunk retried after {e}");
             }
+            Err(e) if e.sqlstate() == Some("23505") && attempt < UNIQUE_RETRIES => {
+                let _ = copier.batch_execute("ROLLBACK").await;
+                tracing::debug!("chunk meets a stale row ({e}); waiting for the applier");
+                wait_applier_passes_now(b).await?;
+                continue;
+            }
             Err(e) => {
                 let _ = copier.batch_execute("ROLLBACK").await;
                 return Err(e);
@@ -153,6 +168,29 @@ pub async fn copy_chunk(
         }
         let _ = copier.batch_execute("ROLLBACK").await;
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A chunk that collides on a unique index is tried this many times, each after the applier
+/// has caught up, before the run fails: a collision that replaying cannot fix is real.
+const UNIQUE_RETRIES: u32 = 5;
+
+/// Wait until the applier has applied a heartbeat sent after now: every change committed before
+/// now is then in the shadow table.
+async fn wait_applier_passes_now(b: &PgBackend) -> Result<()> {
+    let since = std::time::Instant::now();
+    let tail = b
+        .tail
+        .as_ref()
+        .ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
+    loop {
+        tail.check()?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // lag is the age of the newest heartbeat applied: younger than our wait means it was
+        // sent after we started waiting.
+        if tail.lag() < since.elapsed() {
+            return Ok(());
+        }
     }
 }
 

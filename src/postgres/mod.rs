@@ -102,6 +102,8 @@ pub struct PgBackend {
     tail: Option<Tail>,
     created_shadow: bool,
     created_publication: bool,
+    /// `CREATE INDEX` statements of the shadow's secondary indexes, built after the copy.
+    deferred_indexes: Vec<String>,
 }
 
 impl PgBackend {
@@ -134,6 +136,7 @@ impl PgBackend {
             tail: None,
             created_shadow: false,
             created_publication: false,
+            deferred_indexes: Vec::new(),
         })
     }
 
@@ -179,6 +182,10 @@ impl Backend for PgBackend {
         self.pids.push(pid);
         self.copier = Some(copier);
         Ok(())
+    }
+
+    async fn copy_done(&mut self) -> Result<()> {
+        shadow::build_deferred_indexes(self).await
     }
 
     async fn chunk_end(&mut self, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {

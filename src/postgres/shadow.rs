@@ -200,6 +200,46 @@ pub async fn create(b: &mut PgBackend) -> Result<()> {
             .await
             .ctx("copying grants to the shadow table")?;
     }
+    defer_secondary_indexes(b).await?;
     b.shadow = Some(info);
+    Ok(())
+}
+
+/// Drop the shadow's plain secondary indexes (not unique, not the key) until the copy is done:
+/// building one from the finished table sorts once, where keeping it up to date row by row
+/// costs a random index insert per row, which made the copy 1.4x slower on the bench.
+async fn defer_secondary_indexes(b: &mut PgBackend) -> Result<()> {
+    let shadow = b.names()?.shadow_q();
+    let rows = b
+        .ctl
+        .query(
+            "SELECT pg_get_indexdef(i.indexrelid), i.indexrelid::regclass::text FROM pg_index i
+             WHERE i.indrelid = $1::text::regclass AND NOT i.indisunique AND NOT i.indisprimary
+               AND NOT i.indisexclusion
+               AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+            &[&shadow],
+        )
+        .await
+        .ctx("reading the shadow table's secondary indexes")?;
+    for r in rows {
+        let (definition, index): (String, String) = (r.get(0), r.get(1));
+        b.ctl
+            .batch_execute(&format!("DROP INDEX {index}"))
+            .await
+            .ctx(format!("deferring index {index} until after the copy"))?;
+        b.deferred_indexes.push(definition);
+    }
+    Ok(())
+}
+
+/// Build the indexes deferred by [`defer_secondary_indexes`]. The applier's writes to the
+/// shadow wait for each build; the lag this costs is caught up before cut-over.
+pub async fn build_deferred_indexes(b: &mut PgBackend) -> Result<()> {
+    for definition in std::mem::take(&mut b.deferred_indexes) {
+        b.ctl
+            .batch_execute(&definition)
+            .await
+            .ctx(format!("building a deferred index: {definition}"))?;
+    }
     Ok(())
 }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The benchmark on the testbed: swivel against the offline ALTER, the copy floor and
+# pt-online-schema-change / pg_repack, on a 1,000,000-row table under 200 writes/s, on
+# PostgreSQL and on MariaDB (or one: ./bench.sh postgres | ./bench.sh mariadb). Extra
+# arguments go to `swivel bench` (e.g. --rows 10000000). Reports land in swivel-bench/.
+set -euo pipefail
+cd "$(dirname "$0")"
+which=${1:-all}
+[ $# -gt 0 ] && shift
+testbed/testbed.sh start
+testbed/testbed.sh tools
+cargo build --release --bin swivel
+pg=postgres://postgres@127.0.0.1:55432/swivel
+my=mysql://root@127.0.0.1:33306/swivel
+case "$which" in
+    postgres) dsns=("$pg") ;;
+    mariadb|mysql) dsns=("$my") ;;
+    all) dsns=("$pg" "$my") ;;
+    *) echo "usage: $0 [postgres|mariadb|all] [swivel bench options]" >&2; exit 2 ;;
+esac
+for dsn in "${dsns[@]}"; do
+    target/release/swivel bench --dsn "$dsn" --report swivel-bench "$@"
+done
