@@ -481,7 +481,7 @@ mod mariadb {
 }
 
 /// A chunk of n rows ends at the n-th key in key order (ids 1..=20000: in text order the
-/// 1000th would be 10897, and chunks would hold wildly more rows than asked for).
+/// 1000th would be 10898, and chunks would hold wildly more rows than asked for).
 async fn chunks_count_rows_in_key_order<B: swivel::backend::Backend>(mut backend: B) {
     use swivel::watermark::KeyPart;
     backend.plan().await.unwrap();
