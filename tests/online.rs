@@ -520,34 +520,32 @@ async fn chunk_test_table(server: Server) -> (Db, RunOptions) {
     (db, opts)
 }
 
-#[tokio::test]
-async fn postgres_chunks_count_rows_in_key_order() {
+/// Both backends, through the same checks.
+async fn chunk_test(server: Server) {
     use std::sync::Arc;
-    let (mut db, opts) = chunk_test_table(Server::Postgres).await;
-    let backend = swivel::postgres::PgBackend::connect(
-        opts,
-        Arc::new(swivel::progress::Progress::default()),
-        Arc::new(swivel::watermark::Watermark::new()),
-    )
-    .await
-    .unwrap();
-    chunks_count_rows_in_key_order(backend).await;
+    let (mut db, opts) = chunk_test_table(server).await;
+    let progress = Arc::new(swivel::progress::Progress::default());
+    let watermark = Arc::new(swivel::watermark::Watermark::new());
+    match server {
+        Server::Postgres => {
+            let backend = swivel::postgres::PgBackend::connect(opts, progress, watermark);
+            chunks_count_rows_in_key_order(backend.await.unwrap()).await
+        }
+        Server::MariaDb => {
+            let backend = swivel::mysql::MyBackend::connect(opts, progress, watermark);
+            chunks_count_rows_in_key_order(backend.await.unwrap()).await
+        }
+    }
     db.assert_nothing_left("chunk_order").await;
     db.reset("chunk_order").await;
 }
 
 #[tokio::test]
+async fn postgres_chunks_count_rows_in_key_order() {
+    chunk_test(Server::Postgres).await;
+}
+
+#[tokio::test]
 async fn mariadb_chunks_count_rows_in_key_order() {
-    use std::sync::Arc;
-    let (mut db, opts) = chunk_test_table(Server::MariaDb).await;
-    let backend = swivel::mysql::MyBackend::connect(
-        opts,
-        Arc::new(swivel::progress::Progress::default()),
-        Arc::new(swivel::watermark::Watermark::new()),
-    )
-    .await
-    .unwrap();
-    chunks_count_rows_in_key_order(backend).await;
-    db.assert_nothing_left("chunk_order").await;
-    db.reset("chunk_order").await;
+    chunk_test(Server::MariaDb).await;
 }
