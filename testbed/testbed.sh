@@ -52,6 +52,8 @@ ensure_binaries() {
     command -v mariadbd >/dev/null || command -v mysqld >/dev/null || need+=(mariadb-server)
     command -v mariadb >/dev/null || command -v mysql >/dev/null || need+=(mariadb-client)
     command -v psql >/dev/null || need+=(postgresql-client)
+    # swivel bench draws its chart's text with DejaVu Sans.
+    [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
     if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 }
 
