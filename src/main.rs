@@ -80,15 +80,18 @@ struct Target {
 
 impl Target {
     fn password(&self) -> anyhow::Result<Option<String>> {
-        self.password_file
-            .as_ref()
-            .map(|path| {
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading --password-file {}", path.display()))
-                    .map(|s| s.lines().next().unwrap_or("").to_string())
-            })
-            .transpose()
+        read_password_file(self.password_file.as_deref())
     }
+}
+
+/// The first line of --password-file, if one was given.
+fn read_password_file(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    path.map(|path| {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading --password-file {}", path.display()))
+            .map(|s| s.lines().next().unwrap_or("").to_string())
+    })
+    .transpose()
 }
 
 #[derive(Args)]
@@ -200,15 +203,7 @@ async fn real_main() -> anyhow::Result<()> {
 }
 
 async fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
-    let password = args
-        .password_file
-        .as_ref()
-        .map(|path| {
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading --password-file {}", path.display()))
-                .map(|s| s.lines().next().unwrap_or("").to_string())
-        })
-        .transpose()?;
+    let password = read_password_file(args.password_file.as_deref())?;
     let baselines = match args.baselines.as_deref() {
         None => None,
         Some("none") => Some(Vec::new()),

@@ -71,7 +71,8 @@ pub async fn cleanup_leftovers(
     }
 }
 
-fn dsn_scheme(dsn: &str) -> &str {
+/// The scheme of a connection URL (`postgres`, `mysql`, …), which picks the backend.
+pub fn dsn_scheme(dsn: &str) -> &str {
     dsn.split_once("://").map_or("", |(scheme, _)| scheme)
 }
 

@@ -199,9 +199,7 @@ async fn measure(
     what: &str,
     alter: &str,
 ) -> Result<ToolRun> {
-    let mut run = ToolRun::skipped(tool.name(), what, "");
-    run.reason = None;
-    run.rows = opts.rows;
+    let mut run = ToolRun::new(tool.name(), what, Status::Skipped, opts.rows);
     let mut db = target.connect("bench").await?;
     let filling = Instant::now();
     scratch::create(&mut db, server, opts.rows)

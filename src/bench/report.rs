@@ -124,13 +124,14 @@ pub struct ToolRun {
 }
 
 impl ToolRun {
-    pub fn skipped(tool: &str, what: &str, reason: impl Into<String>) -> ToolRun {
+    /// A run with no figures yet.
+    pub fn new(tool: &str, what: &str, status: Status, rows: u64) -> ToolRun {
         ToolRun {
             tool: tool.into(),
             what: what.into(),
-            status: Status::Skipped,
-            reason: Some(reason.into()),
-            rows: 0,
+            status,
+            reason: None,
+            rows,
             total_s: None,
             copy_s: None,
             copy_rows_per_s: None,
