@@ -7,14 +7,21 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::Dialect;
 use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Location, Token, Tokenizer, Whitespace};
 
 use crate::error::{Error, Result};
 
 /// The ALTER as swivel understands it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlterSpec {
-    /// The actions as the user wrote them; applied verbatim to the shadow table.
+    /// The actions as the user wrote them, without comments: what the parser read is what the
+    /// server runs.
     pub actions: String,
+    /// False when swivel's parser cannot read the actions: then only the server judges them,
+    /// on the shadow table, and the change is always copied online.
+    pub parsed: bool,
+    /// Why the parser could not read the actions, for the plan and for the server's refusal.
+    pub unparsed_reason: Option<String>,
     /// Column renames, old name to new name.
     pub renames: Vec<(String, String)>,
     /// `ALTER COLUMN c TYPE t USING expr`: the column and the expression (over the old row).
@@ -26,7 +33,7 @@ pub struct AlterSpec {
 /// Parse the actions that follow `ALTER TABLE <table>` (gh-ost and pt-osc convention).
 /// `fold_case` lower-cases unquoted identifiers, as PostgreSQL does.
 pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Result<AlterSpec> {
-    let actions = actions.trim().trim_end_matches(';').trim();
+    let actions = strip_comments(dialect, actions)?;
     if actions.is_empty() {
         return Err(Error::refused("--alter is empty: give the actions that follow `ALTER TABLE name`, e.g. --alter \"ALTER COLUMN k TYPE bigint\""));
     }
@@ -35,11 +42,21 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
         return Err(Error::refused("--alter takes only what follows `ALTER TABLE name` (e.g. \"ADD COLUMN x int\"); drop the `ALTER TABLE name` prefix"));
     }
     let sql = format!("ALTER TABLE swivel_target {actions}");
-    let statements = Parser::parse_sql(dialect, &sql).map_err(|e| {
-        Error::refused(format!(
-            "the ALTER does not parse: {e}; check the syntax of --alter"
-        ))
-    })?;
+    let statements = match Parser::parse_sql(dialect, &sql) {
+        Ok(statements) => statements,
+        // The server is the final parser: what it accepts on the empty shadow table runs
+        // online, where a wrong guess about it cannot block the table.
+        Err(e) => {
+            return Ok(AlterSpec {
+                actions,
+                parsed: false,
+                unparsed_reason: Some(e.to_string()),
+                renames: Vec::new(),
+                using: Vec::new(),
+                metadata_only: false,
+            })
+        }
+    };
     let [statement] = statements.as_slice() else {
         return Err(Error::refused(
             "--alter must hold the actions of one ALTER TABLE statement, without `;`",
@@ -59,7 +76,9 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
     };
 
     let mut spec = AlterSpec {
-        actions: actions.to_string(),
+        actions,
+        parsed: true,
+        unparsed_reason: None,
         renames: Vec::new(),
         using: Vec::new(),
         metadata_only: true,
@@ -67,12 +86,22 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
     for op in operations {
         let rewrites = match op {
             AlterTableOperation::AddColumn { column_def, .. } => {
-                let mut rewrites = false;
+                // serial types fill every row from a sequence: a rewrite on PostgreSQL.
+                let type_name = column_def.data_type.to_string().to_ascii_lowercase();
+                let mut rewrites = type_name.contains("serial");
                 for option in &column_def.options {
                     match &option.option {
                         ColumnOption::Unique { .. } => return Err(refuse_unique()),
-                        ColumnOption::Null | ColumnOption::NotNull => {}
+                        ColumnOption::Null
+                        | ColumnOption::NotNull
+                        | ColumnOption::Comment(_)
+                        | ColumnOption::CharacterSet(_)
+                        | ColumnOption::Collation(_) => {}
+                        // A volatile default is computed per row: a rewrite. Only literals are
+                        // known not to be volatile without asking the catalog.
                         ColumnOption::Default(expr) => rewrites |= !is_constant(expr),
+                        // Identity, generated, AUTO_INCREMENT, checks, references: rewrite or
+                        // scan; copy online.
                         _ => rewrites = true,
                     }
                 }
@@ -134,6 +163,68 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
     Ok(spec)
 }
 
+/// `actions` without its comments, so that what swivel parses is what the server runs: a
+/// trailing `-- comment` once swallowed the `COMMIT` after it. Version comments (`/*! … */`,
+/// `/*M! … */`) are refused: a comment to the parser, a statement to MySQL and MariaDB. So is
+/// anything after a `;`.
+pub fn strip_comments(dialect: &dyn Dialect, actions: &str) -> Result<String> {
+    let tokens = Tokenizer::new(dialect, actions)
+        .with_unescape(false)
+        .tokenize_with_location()
+        .map_err(|e| {
+            Error::refused(format!(
+                "the ALTER does not parse: {e}; check the quoting in --alter"
+            ))
+        })?;
+    let mut kept = String::new();
+    let mut after_semicolon = false;
+    for t in &tokens {
+        let text = &actions[offset(actions, t.span.start)..offset(actions, t.span.end)];
+        match &t.token {
+            Token::Whitespace(Whitespace::MultiLineComment(c))
+                if c.starts_with('!') || c.starts_with("M!") =>
+            {
+                return Err(Error::refused(format!(
+                    "--alter holds a version comment `/*{c}*/`, which MySQL and MariaDB run as \
+                     part of the statement: write its content without the comment markers, or \
+                     drop it"
+                )));
+            }
+            Token::Whitespace(Whitespace::MultiLineComment(_)) => kept.push(' '),
+            Token::Whitespace(Whitespace::SingleLineComment { comment, .. }) => {
+                kept.push(if comment.ends_with('\n') { '\n' } else { ' ' })
+            }
+            Token::Whitespace(_) => kept.push_str(text),
+            Token::SemiColon => after_semicolon = true,
+            _ if after_semicolon => {
+                return Err(Error::refused(
+                    "--alter must hold the actions of one ALTER TABLE statement: nothing may \
+                     follow a `;`",
+                ))
+            }
+            _ => kept.push_str(text),
+        }
+    }
+    Ok(kept.trim().to_string())
+}
+
+/// The byte offset of a tokenizer location (1-based line and column, columns in characters).
+fn offset(text: &str, at: Location) -> usize {
+    let (mut line, mut column) = (1, 1);
+    for (i, c) in text.char_indices() {
+        if line == at.line && column == at.column {
+            return i;
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+        } else {
+            column += 1;
+        }
+    }
+    text.len()
+}
+
 fn refuse_unique() -> Error {
     Error::refused(
         "adding a UNIQUE or PRIMARY KEY constraint online is not supported: a copy cannot tell \
@@ -151,6 +242,36 @@ fn is_constant(expr: &Expr) -> bool {
         Expr::UnaryOp { expr, .. } => is_constant(expr),
         _ => false,
     }
+}
+
+/// For an ALTER swivel could not parse, a source column missing from the shadow table while
+/// another appeared may be a rename, whose values the copy would drop: refuse.
+pub fn refuse_ambiguous_renames<'a>(
+    source: impl Iterator<Item = &'a str>,
+    shadow: impl Iterator<Item = String>,
+) -> Result<()> {
+    let source: Vec<&str> = source.collect();
+    let shadow: Vec<String> = shadow.collect();
+    let gone: Vec<&str> = source
+        .iter()
+        .copied()
+        .filter(|c| !shadow.iter().any(|s| s.eq_ignore_ascii_case(c)))
+        .collect();
+    let added: Vec<&str> = shadow
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !source.iter().any(|c| c.eq_ignore_ascii_case(s)))
+        .collect();
+    if !gone.is_empty() && !added.is_empty() {
+        return Err(Error::refused(format!(
+            "swivel's parser cannot read this ALTER, and it removes column(s) {} while adding {}: \
+             swivel cannot tell a rename (whose values must be copied) from a drop. Run the \
+             rename as a separate step, or write the ALTER so that it parses",
+            gone.join(", "),
+            added.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -217,9 +338,50 @@ mod tests {
     }
 
     #[test]
+    fn comments_are_stripped_and_version_comments_refused() {
+        let spec = pg("ADD COLUMN note text -- for the support team").unwrap();
+        assert_eq!(spec.actions, "ADD COLUMN note text");
+        assert!(spec.metadata_only);
+        let spec =
+            pg("ADD COLUMN a int /* first */,\n  ADD COLUMN b text DEFAULT 'x -- y';").unwrap();
+        assert_eq!(
+            spec.actions,
+            "ADD COLUMN a int  ,\n  ADD COLUMN b text DEFAULT 'x -- y'"
+        );
+        let my = |a: &str| parse_alter(&sqlparser::dialect::MySqlDialect {}, a, false);
+        assert_eq!(
+            my("MODIFY c varchar(10) # why\n, ADD x int")
+                .unwrap()
+                .actions,
+            "MODIFY c varchar(10) \n, ADD x int"
+        );
+        let e = my("ADD COLUMN x int /*!50100 , DROP COLUMN y */").unwrap_err();
+        assert!(e.to_string().contains("version comment"), "{e}");
+        let e = my("ADD COLUMN x int; -- ok\n DROP TABLE t").unwrap_err();
+        assert!(e.to_string().contains("follow a `;`"), "{e}");
+        assert_eq!(
+            my("ADD COLUMN é int; -- fin").unwrap().actions,
+            "ADD COLUMN é int"
+        );
+    }
+
+    #[test]
+    fn what_does_not_parse_goes_to_the_server() {
+        let my = |a: &str| parse_alter(&sqlparser::dialect::MySqlDialect {}, a, false);
+        let spec = my("CONVERT TO CHARACTER SET utf8mb4").unwrap();
+        assert!(!spec.parsed && !spec.metadata_only);
+        assert!(!pg("ADD COLUMN s bigserial").unwrap().metadata_only);
+        assert!(
+            !pg("ADD COLUMN s int GENERATED ALWAYS AS IDENTITY")
+                .unwrap()
+                .metadata_only
+        );
+        assert!(pg("ADD COLUMN s int COLLATE \"C\"").unwrap().metadata_only);
+    }
+
+    #[test]
     fn refusals_say_what_to_do() {
-        let e = pg("ALTER COLUMN k TYPE").unwrap_err().to_string();
-        assert!(e.contains("does not parse"), "{e}");
+        assert!(!pg("ALTER COLUMN k TYPE").unwrap().parsed);
         let e = pg("ADD CONSTRAINT u UNIQUE (k)").unwrap_err().to_string();
         assert!(e.contains("CONCURRENTLY"), "{e}");
         let e = pg("RENAME TO other").unwrap_err().to_string();
@@ -228,6 +390,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("one ALTER TABLE"), "{e}");
+        assert!(pg("-- nothing").is_err());
         let e = pg("ALTER TABLE t ADD COLUMN x int")
             .unwrap_err()
             .to_string();

@@ -116,6 +116,11 @@ CREATE USER IF NOT EXISTS 'root'@'127.0.0.1';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
 CREATE DATABASE IF NOT EXISTS swivel;
 SQL
+    # swivel's cut-over reads who holds which metadata lock; the plugin ships with the server.
+    if ! "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot -Nse \
+        "SELECT 1 FROM information_schema.plugins WHERE plugin_name = 'METADATA_LOCK_INFO'" | grep -q 1; then
+        "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot -e "INSTALL SONAME 'metadata_lock_info'"
+    fi
     log "MariaDB ready: mysql://root@127.0.0.1:$my_port/swivel"
 }
 

@@ -65,7 +65,7 @@ impl MyTarget {
             .await
             .my_ctx(format!("connecting to {} ({role})", self.host()))?;
         conn.query_drop(
-            "SET SESSION time_zone = '+00:00'; \
+            "SET NAMES utf8mb4; SET SESSION time_zone = '+00:00'; \
              SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
         )
         .await

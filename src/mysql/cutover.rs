@@ -161,13 +161,19 @@ async fn attempt_swap(
         (r, Instant::now())
     });
 
-    if !rename_is_waiting(&mut b.ctl, renamer_id, timeout).await {
-        return Err(abandon(
-            b,
-            renamer_id,
-            "the rename did not queue behind the lock".into(),
-        )
-        .await);
+    match rename_waits_on_table(b, renamer_id, timeout).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(abandon(
+                b,
+                renamer_id,
+                "the rename did not queue behind the lock on the table itself (another session \
+                 may hold a lock on the shadow table: an open transaction that read it)"
+                    .into(),
+            )
+            .await)
+        }
+        Err(e) => return Err(abandon(b, renamer_id, e.to_string()).await),
     }
 
     // The point of no return: with the sentry gone, unlocking lets the rename through.
@@ -199,29 +205,130 @@ async fn abandon(b: &mut MyBackend, renamer_id: u32, why: String) -> Retry {
     Retry::Because(why)
 }
 
-/// Poll the process list until B's RENAME waits for a metadata lock.
-async fn rename_is_waiting(ctl: &mut Conn, id: u32, timeout: Duration) -> bool {
+/// Poll until B's RENAME waits for the metadata lock on the table itself, behind A's lock.
+///
+/// "Waiting for table metadata lock" alone is not enough: RENAME takes its locks in name
+/// order, and a session holding a lock on the shadow table (a transaction that read it) makes
+/// it wait there instead, not queued on the table; unlocking then lets the application's
+/// writes through to the old table, after the drain. So on MariaDB the renamer must already
+/// hold every lock that sorts before the table's; on MySQL its pending lock must be the
+/// table's.
+async fn rename_waits_on_table(b: &mut MyBackend, id: u32, timeout: Duration) -> Result<bool> {
+    let names = b.names.clone();
+    let view = b.lock_view.ok_or_else(|| {
+        Error::Cutover("the metadata lock view was not checked at plan time".into())
+    })?;
+    // MDL keys compare as `name\0` bytes within one database.
+    let key = |n: &str| format!("{n}\0").into_bytes();
+    let before: Vec<&str> = [names.shadow.as_str(), names.sentry.as_str()]
+        .into_iter()
+        .filter(|n| key(n) < key(&names.table))
+        .collect();
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let state: Option<(Option<String>, Option<String>)> = ctl
+        let state: Option<(Option<String>, Option<String>)> = b
+            .ctl
             .exec_first(
                 "SELECT state, info FROM information_schema.processlist WHERE id = ?",
                 (id,),
             )
             .await
-            .ok()
-            .flatten();
-        match state {
-            Some((Some(state), Some(info)))
-                if state.contains("metadata lock") && info.contains("RENAME TABLE") =>
-            {
-                return true
+            .my_ctx("reading the process list")?;
+        let waiting = matches!(&state, Some((Some(state), Some(info)))
+            if state.contains("metadata lock") && info.contains("RENAME TABLE"));
+        if waiting {
+            let on_table = match view {
+                LockView::MetadataLockInfo => {
+                    let mut held = 0;
+                    for name in &before {
+                        let n: Option<i64> = b
+                            .ctl
+                            .exec_first(
+                                "SELECT count(*) FROM information_schema.metadata_lock_info \
+                                 WHERE thread_id = ? AND lock_mode = 'MDL_EXCLUSIVE' \
+                                 AND table_schema = ? AND table_name = ?",
+                                (id, names.db.as_str(), *name),
+                            )
+                            .await
+                            .my_ctx("reading the rename's metadata locks")?;
+                        held += usize::from(n.unwrap_or(0) > 0);
+                    }
+                    held == before.len()
+                }
+                LockView::PerformanceSchema => {
+                    let n: Option<i64> = b
+                        .ctl
+                        .exec_first(
+                            "SELECT count(*) FROM performance_schema.metadata_locks m \
+                             JOIN performance_schema.threads t ON t.thread_id = m.owner_thread_id \
+                             WHERE t.processlist_id = ? AND m.lock_status = 'PENDING' \
+                             AND m.object_type = 'TABLE' AND m.object_schema = ? \
+                             AND m.object_name = ?",
+                            (id, names.db.as_str(), names.table.as_str()),
+                        )
+                        .await
+                        .my_ctx("reading the rename's metadata locks")?;
+                    n.unwrap_or(0) > 0
+                }
+            };
+            if on_table {
+                return Ok(true);
             }
-            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    false
+    Ok(false)
+}
+
+/// Where the server shows who holds or waits for which metadata lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockView {
+    /// MariaDB's `information_schema.metadata_lock_info` plugin (granted locks).
+    MetadataLockInfo,
+    /// MySQL's `performance_schema.metadata_locks` (granted and pending).
+    PerformanceSchema,
+}
+
+/// Find the lock view the cut-over needs, or refuse with how to enable it.
+pub async fn lock_view(ctl: &mut Conn, mariadb: bool) -> Result<LockView> {
+    let (view, found, how) = if mariadb {
+        let n: Option<i64> = ctl
+            .query_first(
+                "SELECT count(*) FROM information_schema.plugins \
+                 WHERE plugin_name = 'METADATA_LOCK_INFO' AND plugin_status = 'ACTIVE'",
+            )
+            .await
+            .my_ctx("looking for the metadata_lock_info plugin")?;
+        (
+            LockView::MetadataLockInfo,
+            n.unwrap_or(0) > 0,
+            "INSTALL SONAME 'metadata_lock_info' (it ships with MariaDB; or start the server \
+             with --plugin-load-add=metadata_lock_info)",
+        )
+    } else {
+        let n: Option<i64> = ctl
+            .query_first(
+                "SELECT count(*) FROM performance_schema.setup_instruments \
+                 WHERE name = 'wait/lock/metadata/sql/mdl' AND enabled = 'YES'",
+            )
+            .await
+            .ok()
+            .flatten();
+        (
+            LockView::PerformanceSchema,
+            n.unwrap_or(0) > 0,
+            "start the server with performance_schema = ON and enable the \
+             wait/lock/metadata/sql/mdl instrument (both are defaults on MySQL 8)",
+        )
+    };
+    if !found {
+        return Err(Error::refused(format!(
+            "swivel checks at cut-over that its RENAME waits on the table itself, so that no \
+             write can slip past the swap when another session holds the shadow table; the \
+             server does not show metadata locks: {how}"
+        )));
+    }
+    Ok(view)
 }
 
 /// Used by cleanup: the sentry is ours only if it carries our comment.

@@ -34,6 +34,17 @@ impl TableInfo {
     }
 }
 
+/// A column as information_schema gives it: name, data_type, column_type, extra, collation,
+/// character set.
+type ColumnRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
 pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
     let mut lines = Vec::new();
     check_server(b, &mut lines).await?;
@@ -76,21 +87,22 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
         )));
     }
 
-    let rows: Vec<(String, String, String, String, Option<String>)> = b
+    let rows: Vec<ColumnRow> = b
         .ctl
         .exec(
-            "SELECT column_name, data_type, column_type, extra, collation_name \
-             FROM information_schema.columns WHERE table_schema = ? AND table_name = ? \
+            "SELECT column_name, data_type, column_type, extra, collation_name, \
+             character_set_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ? \
              ORDER BY ordinal_position",
             (db, table),
         )
         .await
         .my_ctx("reading the table's columns")?;
     let mut columns = Vec::new();
-    for (name, data_type, column_type, extra, _) in &rows {
+    for (name, data_type, column_type, extra, _, charset) in &rows {
         let kind = Kind::of(
             &data_type.to_ascii_lowercase(),
-            &column_type.to_ascii_lowercase(),
+            column_type,
+            charset.as_deref(),
         )
         .ok_or_else(|| {
             Error::refused(format!(
@@ -130,10 +142,10 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
             .iter()
             .position(|c| &c.name == k)
             .ok_or_else(|| Error::refused(format!("primary key column {k} not found")))?;
-        let (_, data_type, _, _, collation) = &rows[i];
+        let (_, data_type, _, _, collation, _) = &rows[i];
         let ordered_like_bytes = match columns[i].kind {
             Kind::Int | Kind::UInt(_) => true,
-            Kind::Bytes => {
+            Kind::Bytes | Kind::Text { .. } => {
                 matches!(data_type.as_str(), "char" | "varchar")
                     && collation.as_deref().is_some_and(|c| c.ends_with("_bin"))
             }
@@ -196,7 +208,23 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
         }
     }
 
+    if !b.mariadb {
+        if let Some(c) = columns
+            .iter()
+            .find(|c| matches!(&rows_type(&rows, &c.name), Some(t) if t == "json"))
+        {
+            return Err(Error::refused(format!(
+                "column {} is JSON, which MySQL writes to the binlog in its binary form; swivel \
+                 does not decode that yet, so it cannot replay changes to it exactly. Migrate \
+                 this table with another tool",
+                c.name
+            )));
+        }
+    }
     try_alter(b, &key_names).await?;
+    if !b.alter.metadata_only {
+        b.lock_view = Some(super::cutover::lock_view(&mut b.ctl, b.mariadb).await?);
+    }
 
     let info = TableInfo { columns, key };
     let estimated_rows = table_rows.unwrap_or(0);
@@ -219,6 +247,27 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
         metadata_only: b.alter.metadata_only,
         estimated_rows,
     })
+}
+
+/// `SHOW BINARY LOG STATUS` from MySQL 8.2 on (8.4 removed `SHOW MASTER STATUS`); MariaDB
+/// keeps `SHOW MASTER STATUS`.
+fn binlog_status_statement(version: &str, mariadb: bool) -> &'static str {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if !mariadb && (major, minor) >= (8, 2) {
+        "SHOW BINARY LOG STATUS"
+    } else {
+        "SHOW MASTER STATUS"
+    }
+}
+
+/// The data type of column `name` among the rows read from information_schema.
+fn rows_type(rows: &[ColumnRow], name: &str) -> Option<String> {
+    rows.iter()
+        .find(|r| r.0 == name)
+        .map(|r| r.1.to_ascii_lowercase())
 }
 
 async fn check_server(b: &mut MyBackend, lines: &mut Vec<String>) -> Result<()> {
@@ -275,6 +324,8 @@ async fn check_server(b: &mut MyBackend, lines: &mut Vec<String>) -> Result<()> 
             missing.join(" and ")
         )));
     }
+    b.mariadb = version.to_ascii_lowercase().contains("mariadb");
+    b.binlog_status = binlog_status_statement(&version, b.mariadb);
     lines.push(format!(
         "server {version}: binlog on, binlog_format=ROW, binlog_row_image=FULL"
     ));
@@ -299,13 +350,22 @@ async fn try_alter(b: &mut MyBackend, key_names: &[String]) -> Result<()> {
         .await
         .map_err(|e| {
             Error::refused(format!(
-                "the server rejects the ALTER: {}",
+                "the server rejects the ALTER: {}{}",
                 match e {
                     mysql_async::Error::Server(s) => s.message,
                     other => other.to_string(),
-                }
+                },
+                b.alter
+                    .unparsed_reason
+                    .as_ref()
+                    .map(|why| format!(" (it does not parse for swivel either: {why})"))
+                    .unwrap_or_default()
             ))
         });
+    let shape = match &tried {
+        Ok(()) => Some(shape(&mut b.ctl, &q).await),
+        Err(_) => None,
+    };
     let key_after: Result<Vec<String>> = match tried {
         Ok(()) => b
             .ctl
@@ -322,6 +382,7 @@ async fn try_alter(b: &mut MyBackend, key_names: &[String]) -> Result<()> {
         .query_drop(format!("DROP TEMPORARY TABLE IF EXISTS {q}"))
         .await;
     let key_after = key_after?;
+    b.expected_shape = shape.transpose()?;
     let renamed: Vec<String> = key_names
         .iter()
         .map(|k| {
@@ -348,8 +409,43 @@ async fn try_alter(b: &mut MyBackend, key_names: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Run a change that needs no rewrite with ALGORITHM=INSTANT under the lock wait timeout.
-/// False when the server cannot do it instantly: then the online copy does it.
+/// The columns of `table` (quoted) as `SHOW FULL COLUMNS` gives them, as one text: after a
+/// direct change, the table's must be the trial's.
+async fn shape(conn: &mut mysql_async::Conn, table: &str) -> Result<String> {
+    let rows: Vec<mysql_async::Row> = conn
+        .query(format!("SHOW FULL COLUMNS FROM {table}"))
+        .await
+        .my_ctx("reading the columns")?;
+    let field = |r: &mysql_async::Row, name: &str| -> String {
+        r.get_opt::<Option<String>, _>(name)
+            .and_then(|v| v.ok())
+            .flatten()
+            .unwrap_or_else(|| "NULL".into())
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            [
+                "Field",
+                "Type",
+                "Collation",
+                "Null",
+                "Default",
+                "Extra",
+                "Comment",
+            ]
+            .iter()
+            .map(|n| field(r, n))
+            .collect::<Vec<_>>()
+            .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Run a change that needs no rewrite with ALGORITHM=INSTANT under the lock wait timeout, then
+/// check that the table's columns are the trial's. False when the server cannot do it
+/// instantly: then the online copy does it.
 pub async fn run_metadata_only(b: &mut MyBackend) -> Result<bool> {
     let sql = format!(
         "ALTER TABLE {} {}, ALGORITHM=INSTANT",
@@ -365,7 +461,7 @@ pub async fn run_metadata_only(b: &mut MyBackend) -> Result<bool> {
             .await
             .my_ctx("setting the lock wait timeout")?;
         match b.ctl.query_drop(&sql).await {
-            Ok(()) => return Ok(true),
+            Ok(()) => break,
             // ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON): not instant on this server.
             Err(mysql_async::Error::Server(e)) if e.code == 1845 || e.code == 1846 => {
                 tracing::info!(
@@ -383,9 +479,39 @@ pub async fn run_metadata_only(b: &mut MyBackend) -> Result<bool> {
             Err(e) => return Err(Error::my("running the change", e)),
         }
     }
+    let now = shape(&mut b.ctl, &b.names.source()).await?;
+    let expected = b.expected_shape.as_deref().unwrap_or_default();
+    if now != expected {
+        return Err(Error::Stream(format!(
+            "the change ran, but the table does not look as the trial said it would: expected \
+             columns {expected:?}, found {now:?}; check the table"
+        )));
+    }
+    Ok(true)
 }
 
 /// MariaDB's lock_wait_timeout takes whole seconds.
 pub fn lock_wait_secs(d: std::time::Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::binlog_status_statement;
+
+    #[test]
+    fn binlog_status_by_version() {
+        assert_eq!(
+            binlog_status_statement("8.4.3", false),
+            "SHOW BINARY LOG STATUS"
+        );
+        assert_eq!(
+            binlog_status_statement("8.0.39", false),
+            "SHOW MASTER STATUS"
+        );
+        assert_eq!(
+            binlog_status_statement("10.11.19-MariaDB-log", true),
+            "SHOW MASTER STATUS"
+        );
+    }
 }

@@ -112,6 +112,14 @@ pub struct MyBackend {
     copier: Option<Conn>,
     tail: Option<Tail>,
     created_shadow: bool,
+    /// The table's columns after the ALTER, as the plan's trial showed them.
+    expected_shape: Option<String>,
+    /// MariaDB rather than MySQL.
+    mariadb: bool,
+    /// How this server shows its binlog position (MySQL 8.4 dropped `SHOW MASTER STATUS`).
+    binlog_status: &'static str,
+    /// Where cut-over reads metadata locks (checked before anything is created).
+    lock_view: Option<cutover::LockView>,
 }
 
 impl MyBackend {
@@ -148,6 +156,10 @@ impl MyBackend {
             copier: None,
             tail: None,
             created_shadow: false,
+            expected_shape: None,
+            mariadb: false,
+            binlog_status: "SHOW MASTER STATUS",
+            lock_view: None,
         })
     }
 
@@ -181,6 +193,9 @@ impl Backend for MyBackend {
     }
 
     async fn prepare(&mut self) -> Result<()> {
+        if self.lock_view.is_none() {
+            self.lock_view = Some(cutover::lock_view(&mut self.ctl, self.mariadb).await?);
+        }
         shadow::create(self).await?;
         tail::start(self).await?;
         let copier = self.session("copy").await?;

@@ -121,13 +121,16 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
 
     let status: Option<mysql_async::Row> = b
         .ctl
-        .query_first("SHOW MASTER STATUS")
+        .query_first(b.binlog_status)
         .await
         .my_ctx("reading the binlog position")?;
     let (file, position): (String, u64) = status
         .and_then(|row| Some((row.get(0)?, row.get(1)?)))
         .ok_or_else(|| {
-        Error::refused("SHOW MASTER STATUS shows no binlog: the binary log is off (log_bin)")
+        Error::refused(format!(
+            "{} shows no binlog: the binary log is off (log_bin)",
+            b.binlog_status
+        ))
     })?;
 
     let conn = b.target.connect_raw("binlog").await?;
@@ -258,11 +261,45 @@ impl Applier {
                             "`{sql}` ran on the table during the migration; the run stops and \
                              the original table is left as it is"
                         )));
+                    } else if mentions_table(&q.schema(), &sql, &self.names) {
+                        return Err(statement_write(&sql, &self.names.table));
                     }
+                }
+                Some(EventData::ExecuteLoadQueryEvent(q))
+                    if mentions_table(&q.schema(), &q.query(), &self.names) =>
+                {
+                    return Err(statement_write(&q.query(), &self.names.table));
                 }
                 Some(EventData::RowsEvent(rows)) if !self.on_rows(&rows).await? => {
                     return Ok(());
                 }
+                Some(EventData::TransactionPayloadEvent(_)) => {
+                    return Err(Error::Stream(
+                        "the binlog holds a compressed transaction (binlog_transaction_compression \
+                         is ON), whose row changes swivel cannot read yet: the run stops, the \
+                         original table is untouched. SET GLOBAL binlog_transaction_compression \
+                         = OFF (sessions pick it up when they reconnect) and run again"
+                            .into(),
+                    ));
+                }
+                Some(EventData::UnknownEvent) => {
+                    return Err(unknown_event(event.header().event_type_raw()))
+                }
+                None => match event.header().event_type_raw() {
+                    // MariaDB's annotate-rows, binlog checkpoint, GTID and GTID list events:
+                    // nothing to replay.
+                    160..=163 => {}
+                    // MariaDB's compressed query and rows events (log_bin_compress).
+                    165..=171 => {
+                        return Err(Error::Stream(
+                            "the binlog holds compressed events (log_bin_compress is ON), which \
+                             swivel cannot read yet: the run stops, the original table is \
+                             untouched. SET GLOBAL log_bin_compress = OFF and run again"
+                                .into(),
+                        ));
+                    }
+                    other => return Err(unknown_event(other)),
+                },
                 _ => {}
             }
             if self.router.batch().len() >= BATCH {
@@ -438,6 +475,46 @@ impl Applier {
     }
 }
 
+/// An event swivel does not know: it may carry changes to the table, so the run must stop.
+fn unknown_event(kind: u8) -> Error {
+    Error::Stream(format!(
+        "the binlog holds an event of type {kind}, which swivel does not know and cannot tell is \
+         harmless: the run stops, the original table is untouched"
+    ))
+}
+
+/// A statement-format write to the table: the binlog has the statement, not the rows.
+fn statement_write(sql: &str, table: &str) -> Error {
+    let sql: String = sql.chars().take(200).collect();
+    Error::Stream(format!(
+        "a change to {table} reached the binlog as a statement (`{sql}`), not as rows, so swivel \
+         cannot replay it: some session writes with binlog_format STATEMENT or MIXED. Sessions \
+         keep the format they started with after SET GLOBAL binlog_format = 'ROW' until they \
+         reconnect: restart the application's connections (or SET SESSION binlog_format = 'ROW' \
+         in them) and run again. The run stops; the original table is untouched"
+    ))
+}
+
+/// A statement-format event (a query other than transaction control) that names the table:
+/// one written in its database or naming that database too.
+fn mentions_table(schema: &str, sql: &str, names: &Names) -> bool {
+    let words: Vec<&str> = sql
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let Some(verb) = words.first() else {
+        return false;
+    };
+    if ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "XA", "RELEASE"]
+        .iter()
+        .any(|v| verb.eq_ignore_ascii_case(v))
+    {
+        return false;
+    }
+    let names_it = |name: &str| words.iter().any(|w| w.eq_ignore_ascii_case(name));
+    names_it(&names.table) && (schema.eq_ignore_ascii_case(&names.db) || names_it(&names.db))
+}
+
 /// A statement from the binlog that changes the table itself (DDL or TRUNCATE naming it).
 fn changes_table(sql: &str, table: &str) -> bool {
     let mut words = sql
@@ -463,5 +540,27 @@ mod tests {
         assert!(!changes_table("ALTER TABLE `_t_new` MODIFY k bigint", "t"));
         assert!(!changes_table("CREATE TABLE `_t_swl` (id int)", "t"));
         assert!(!changes_table("BEGIN", "t"));
+    }
+
+    #[test]
+    fn statement_format_writes_are_noticed() {
+        let names = Names::new("shop", "orders");
+        assert!(mentions_table("shop", "UPDATE `orders` SET k = 1", &names));
+        assert!(mentions_table(
+            "other",
+            "delete from shop.orders where id=1",
+            &names
+        ));
+        assert!(!mentions_table(
+            "other",
+            "delete from orders where id=1",
+            &names
+        ));
+        assert!(!mentions_table(
+            "shop",
+            "UPDATE orders_archive SET k = 1",
+            &names
+        ));
+        assert!(!mentions_table("shop", "COMMIT", &names));
     }
 }

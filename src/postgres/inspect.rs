@@ -288,7 +288,38 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
             leftovers.join(", "), b.opts.table));
     }
 
-    if !b.alter.metadata_only {
+    if estimated_rows == 0 {
+        // Never analyzed: count, so progress and ETA mean something.
+        estimated_rows = client
+            .query_one(&format!("SELECT count(*) FROM ONLY {source}"), &[])
+            .await
+            .ctx("counting rows")?
+            .get::<_, i64>(0) as u64;
+    }
+
+    let table = TableInfo { oid, columns, key };
+    // Try the ALTER on an empty copy, so the server's own objections show now.
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+            b.opts.cut_over_lock_timeout.as_millis()
+        ))
+        .await
+        .ctx("starting the trial transaction")?;
+    let trial = shadow::build(client, &names, &table, &b.alter).await;
+    client
+        .batch_execute("ROLLBACK")
+        .await
+        .ctx("rolling back the trial")?;
+    let shadow_info = trial?;
+    let metadata_only = b.alter.metadata_only && !shadow_info.rewrote;
+    if b.alter.metadata_only && shadow_info.rewrote {
+        lines.push(
+            "the server rewrites the table for this change (tried on an empty copy): it is copied online instead of run directly"
+                .into(),
+        );
+    }
+    if !metadata_only {
         let wal_level = one_string(client, "SHOW wal_level", "reading wal_level").await?;
         if wal_level != "logical" {
             return Err(Error::refused(format!(
@@ -315,39 +346,21 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
             ));
         }
     }
-    if estimated_rows == 0 {
-        // Never analyzed: count, so progress and ETA mean something.
-        estimated_rows = client
-            .query_one(&format!("SELECT count(*) FROM ONLY {source}"), &[])
-            .await
-            .ctx("counting rows")?
-            .get::<_, i64>(0) as u64;
+    if !b.alter.parsed {
+        lines.push(format!(
+            "swivel's parser cannot read the ALTER ({}); the server accepts it on an empty copy, so it runs online",
+            b.alter.unparsed_reason.as_deref().unwrap_or("unknown syntax")
+        ));
     }
-
-    let table = TableInfo { oid, columns, key };
-    // Try the ALTER on an empty copy, so the server's own objections show now.
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
-            b.opts.cut_over_lock_timeout.as_millis()
-        ))
-        .await
-        .ctx("starting the trial transaction")?;
-    let trial = shadow::build(client, &names, &table, &b.alter).await;
-    client
-        .batch_execute("ROLLBACK")
-        .await
-        .ctx("rolling back the trial")?;
-    let shadow_info = trial?;
 
     lines.push(format!(
         "table: {source}, about {estimated_rows} rows, key {}",
         table.key_list()
     ));
     lines.push(format!("change: ALTER TABLE {source} {}", b.alter.actions));
-    if b.alter.metadata_only {
+    if metadata_only {
         lines.push(
-            "the change needs no rewrite: it runs directly under lock_timeout, no copy".into(),
+            "the change needs no rewrite (the server did not rewrite an empty copy): it runs directly under lock_timeout, no copy".into(),
         );
     } else {
         lines.push(format!(
@@ -364,28 +377,40 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
     }
     b.table = Some(table);
     b.names = Some(names);
+    b.expected_shape = Some(shadow_info.shape);
     Ok(PlanReport {
         lines,
-        metadata_only: b.alter.metadata_only,
+        metadata_only,
         estimated_rows,
     })
 }
 
+/// Run a change that needs no rewrite directly: its own statements (never one batch, where a
+/// stray comment could swallow the COMMIT), under lock_timeout, retried; then check that the
+/// catalog shows what the trial showed before saying it is done.
 pub async fn run_metadata_only(b: &mut PgBackend) -> Result<bool> {
-    let sql = format!("ALTER TABLE {} {}", b.names()?.source(), b.alter.actions);
+    let source = b.names()?.source();
+    let sql = format!("ALTER TABLE {source} {}", b.alter.actions);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = b
-            .ctl
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = '{}ms'; {sql}; COMMIT",
-                b.opts.cut_over_lock_timeout.as_millis()
-            ))
-            .await
-            .ctx("running the change");
+        let result = async {
+            b.ctl
+                .batch_execute(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                    b.opts.cut_over_lock_timeout.as_millis()
+                ))
+                .await
+                .ctx("starting the change")?;
+            b.ctl.batch_execute(&sql).await.ctx("running the change")?;
+            b.ctl
+                .batch_execute("COMMIT")
+                .await
+                .ctx("committing the change")
+        }
+        .await;
         match result {
-            Ok(()) => return Ok(true),
+            Ok(()) => break,
             Err(e) => {
                 let _ = b.ctl.batch_execute("ROLLBACK").await;
                 if e.sqlstate() != Some("55P03") || attempt > b.opts.cut_over_retries {
@@ -396,4 +421,13 @@ pub async fn run_metadata_only(b: &mut PgBackend) -> Result<bool> {
             }
         }
     }
+    let now = shadow::shape(&b.ctl, &source).await?;
+    let expected = b.expected_shape.as_deref().unwrap_or_default();
+    if now != expected {
+        return Err(Error::Stream(format!(
+            "the change was committed, but the table does not look as the trial said it would: \
+             expected columns {expected:?}, found {now:?}; check the table"
+        )));
+    }
+    Ok(true)
 }

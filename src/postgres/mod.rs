@@ -104,6 +104,8 @@ pub struct PgBackend {
     created_publication: bool,
     /// `CREATE INDEX` statements of the shadow's secondary indexes, built after the copy.
     deferred_indexes: Vec<String>,
+    /// The table's columns and constraints after the ALTER, as the plan's trial showed them.
+    expected_shape: Option<String>,
 }
 
 impl PgBackend {
@@ -137,6 +139,7 @@ impl PgBackend {
             created_shadow: false,
             created_publication: false,
             deferred_indexes: Vec::new(),
+            expected_shape: None,
         })
     }
 

@@ -21,6 +21,51 @@ pub struct ShadowInfo {
     pub key_targets: Vec<String>,
     /// Column lists of the shadow's other unique indexes.
     pub uniques: Vec<Vec<String>>,
+    /// The ALTER rewrote the (empty) shadow or rebuilt one of its indexes: the evidence that
+    /// it would rewrite the real table under ACCESS EXCLUSIVE.
+    pub rewrote: bool,
+    /// The altered table's columns and constraints, as [`shape`] reads them.
+    pub shape: String,
+}
+
+/// The storage of a table and its indexes: changes when the server rewrites the table or
+/// rebuilds an index.
+async fn storage(client: &Client, table: &str) -> Result<Vec<String>> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce(array_agg(oid::text || ':' || relfilenode::text ORDER BY oid), '{}')
+             FROM pg_class WHERE oid = $1::text::regclass
+                OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = $1::text::regclass)",
+            &[&table],
+        )
+        .await
+        .ctx("reading the table's storage")?
+        .get(0))
+}
+
+/// Columns (name, type, NOT NULL, default, collation) and CHECK constraints of `table`, as one
+/// text: after a direct change, the table's shape must be the trial's.
+pub async fn shape(client: &Client, table: &str) -> Result<String> {
+    Ok(client
+        .query_one(
+            "SELECT coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                        || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
+                        || coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '')
+                        || coalesce(' COLLATE ' || co.collname, '')
+                        || CASE WHEN a.attgenerated <> '' THEN ' GENERATED' ELSE '' END
+                        || CASE WHEN a.attidentity <> '' THEN ' IDENTITY' ELSE '' END, ', ' ORDER BY a.attnum)
+                    FROM pg_attribute a
+                    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                    LEFT JOIN pg_collation co ON co.oid = a.attcollation AND co.collname <> 'default'
+                    WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped), '')
+               || '; ' || coalesce((SELECT string_agg(pg_get_constraintdef(c.oid), ', '
+                        ORDER BY pg_get_constraintdef(c.oid))
+                    FROM pg_constraint c WHERE c.conrelid = $1::text::regclass AND c.contype = 'c'), '')",
+            &[&table],
+        )
+        .await
+        .ctx("reading the table's columns and constraints")?
+        .get(0))
 }
 
 /// Create the shadow table and read its mapping. Runs inside the caller's transaction when the
@@ -39,6 +84,7 @@ pub async fn build(
         ))
         .await
         .ctx(format!("creating the shadow table {shadow}"))?;
+    let before = storage(client, &shadow).await?;
     client
         .batch_execute(&format!("ALTER TABLE {shadow} {}", alter.actions))
         .await
@@ -48,8 +94,17 @@ pub async fn build(
                 Error::Database { message, .. } => message.clone(),
                 other => other.to_string(),
             };
-            Error::refused(format!("the server rejects the ALTER: {msg}; fix --alter"))
+            let unparsed = alter
+                .unparsed_reason
+                .as_ref()
+                .map(|why| format!(" (it does not parse for swivel either: {why})"))
+                .unwrap_or_default();
+            Error::refused(format!(
+                "the server rejects the ALTER: {msg}{unparsed}; fix --alter"
+            ))
         })?;
+    let rewrote = storage(client, &shadow).await? != before;
+    let shape = shape(client, &shadow).await?;
 
     let rows = client
         .query(
@@ -69,6 +124,12 @@ pub async fn build(
         .iter()
         .map(|(c, e)| (c.as_str(), e.as_str()))
         .collect();
+    if !alter.parsed {
+        crate::plan::refuse_ambiguous_renames(
+            table.columns.iter().map(|c| c.name.as_str()),
+            rows.iter().map(|r| r.get::<_, String>(0)),
+        )?;
+    }
     let mut targets = Vec::new();
     let mut exprs = Vec::new();
     for r in &rows {
@@ -147,6 +208,8 @@ pub async fn build(
         exprs,
         key_targets,
         uniques,
+        rewrote,
+        shape,
     })
 }
 
