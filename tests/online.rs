@@ -162,6 +162,63 @@ enum Fault {
     KillLocker {
         retries: u32,
     },
+    /// MariaDB: a session holds a metadata lock on the shadow table (an open transaction that
+    /// read it) through the first cut-over attempt.
+    ShadowReader,
+    /// MariaDB: a session writes to the table in STATEMENT format during the copy.
+    StatementWriter,
+}
+
+/// Wait until `table` exists (polling `db`); false if `stop` comes first.
+async fn appears(db: &mut Db, table: &str, stop: &AtomicBool) -> bool {
+    let sql = format!(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{table}'"
+    );
+    while !stop.load(Ordering::Relaxed) {
+        if !db.rows(&sql).await.is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// Hold `_<table>_new` in an open transaction from the copy until the first cut-over attempt
+/// has created its sentry, and a second longer; true if it did.
+async fn hold_shadow(table: String, stop: Arc<AtomicBool>) -> bool {
+    let mut poll = Db::connect(Server::MariaDb).await;
+    let mut holder = Db::connect(Server::MariaDb).await;
+    // The changelog comes after the shadow's ALTER, which the hold would block.
+    if !appears(&mut poll, &format!("_{table}_swl"), &stop).await {
+        return false;
+    }
+    holder.exec("BEGIN").await.unwrap();
+    holder
+        .exec(&format!("SELECT count(*) FROM _{table}_new"))
+        .await
+        .unwrap();
+    let seen = appears(&mut poll, &format!("{table}__swivel_del"), &stop).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    holder.exec("COMMIT").await.unwrap();
+    seen
+}
+
+/// Once the copy runs, write to the table in STATEMENT format (a no-op the model need not
+/// know about, but a statement in the binlog all the same); true if it did.
+async fn statement_write(table: String, stop: Arc<AtomicBool>) -> bool {
+    let mut db = Db::connect(Server::MariaDb).await;
+    if !appears(&mut db, &format!("_{table}_new"), &stop).await {
+        return false;
+    }
+    // Well after the stream's start, well before the copy's end.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    db.exec("SET SESSION binlog_format = 'STATEMENT'")
+        .await
+        .unwrap();
+    db.exec(&format!("UPDATE {table} SET k = k + 1 WHERE id = -1"))
+        .await
+        .unwrap();
+    true
 }
 
 /// Kill the session that holds the cut-over lock on `table`, the first time one does; true if
@@ -275,13 +332,21 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
                 killer_stop.clone(),
             )))
         }
+        Fault::ShadowReader => Some(tokio::spawn(hold_shadow(
+            table.clone(),
+            killer_stop.clone(),
+        ))),
+        Fault::StatementWriter => Some(tokio::spawn(statement_write(
+            table.clone(),
+            killer_stop.clone(),
+        ))),
     };
     let outcome = swivel::run(opts, std::future::pending()).await;
     if let Some(killer) = killer {
         killer_stop.store(true, Ordering::Relaxed);
         assert!(
             killer.await.unwrap(),
-            "{server:?} seed {seed}: the cut-over lock was never seen, the fault was not injected"
+            "{server:?} seed {seed}: the fault {fault:?} was not injected"
         );
     }
     // Writes go on against the new table after the swap.
@@ -295,6 +360,12 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
         (_, Ok(Outcome::Migrated(stats))) => Some(stats),
         (Fault::KillLocker { retries: 0 }, Err(swivel::Error::Cutover(why))) => {
             eprintln!("{server:?} seed {seed}: cut-over failed as expected: {why}");
+            None
+        }
+        (Fault::StatementWriter, Err(swivel::Error::Stream(why)))
+            if why.contains("binlog_format") && why.contains("reconnect") =>
+        {
+            eprintln!("{server:?} seed {seed}: stopped as expected: {why}");
             None
         }
         (_, other) => panic!("{server:?} seed {seed}: the migration did not complete: {other:?}"),
@@ -477,6 +548,17 @@ mod mariadb {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn cut_over_lock_killed_leaves_the_original() {
         run_model(Server::MariaDb, 6, 20_000, Fault::KillLocker { retries: 0 }).await;
+    }
+
+    /// The rename queues on the shadow table, not on the table: the attempt must not go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn shadow_table_held_at_cut_over() {
+        run_model(Server::MariaDb, 7, 20_000, Fault::ShadowReader).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn statement_format_writer_stops_the_run() {
+        run_model(Server::MariaDb, 8, 20_000, Fault::StatementWriter).await;
     }
 }
 
