@@ -26,7 +26,9 @@ pub struct AlterSpec {
     pub renames: Vec<(String, String)>,
     /// `ALTER COLUMN c TYPE t USING expr`: the column and the expression (over the old row).
     pub using: Vec<(String, String)>,
-    /// True when no action needs the rows rewritten: run it directly instead of copying.
+    /// True when no action is known to rewrite or scan the table: a candidate for a direct
+    /// run, which the backend confirms by evidence (PostgreSQL: the trial on an empty copy;
+    /// MySQL: ALGORITHM=INSTANT) or else copies online.
     pub metadata_only: bool,
 }
 
@@ -132,12 +134,16 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
                 AlterColumnOperation::SetDefault { .. }
                 | AlterColumnOperation::DropDefault
                 | AlterColumnOperation::DropNotNull => false,
-                AlterColumnOperation::SetDataType { using, .. } => {
-                    if let Some(expr) = using {
+                // Without USING, a type change may be binary-coercible (varchar(10) to
+                // varchar(20), varchar to text): a candidate, which the trial on an empty copy
+                // confirms or refutes. MySQL's MODIFY is always copied.
+                AlterColumnOperation::SetDataType { using, .. } => match using {
+                    Some(expr) => {
                         spec.using.push((ident(column_name), expr.to_string()));
+                        true
                     }
-                    true
-                }
+                    None => false,
+                },
                 AlterColumnOperation::SetNotNull | AlterColumnOperation::AddGenerated { .. } => {
                     true
                 }
@@ -284,10 +290,16 @@ mod tests {
     }
 
     #[test]
-    fn type_change_rewrites() {
+    fn type_change_is_left_to_the_trial() {
+        // A candidate only: PostgreSQL's trial on an empty copy decides (see postgres::inspect).
         let spec = pg("ALTER COLUMN k TYPE bigint").unwrap();
-        assert!(!spec.metadata_only);
+        assert!(spec.metadata_only);
         assert!(spec.using.is_empty());
+        assert!(
+            !pg("ALTER COLUMN k TYPE bigint USING k + 1")
+                .unwrap()
+                .metadata_only
+        );
     }
 
     #[test]

@@ -530,7 +530,7 @@ async fn count(db: &mut Db, sql: &str) -> i64 {
 /// Migrate `diff_<case>` with `alter` under the twin workload and compare with the twin altered
 /// offline. `skip`: columns whose values the server assigns in an order of its own (a new
 /// serial), compared for presence only.
-async fn differential(server: Server, case: &str, alter: &str, skip: &[&str]) {
+async fn differential(server: Server, case: &str, alter: &str, skip: &[&str]) -> String {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let table = format!("diff_{case}");
     let twin = format!("{table}_twin");
@@ -615,13 +615,14 @@ async fn differential(server: Server, case: &str, alter: &str, skip: &[&str]) {
     db.assert_nothing_left(&table).await;
     db.reset(&table).await;
     db.reset(&twin).await;
+    how
 }
 
 mod postgres {
     use super::*;
 
-    async fn case(name: &str, alter: &str) {
-        differential(Server::Postgres, name, alter, &[]).await;
+    async fn case(name: &str, alter: &str) -> String {
+        differential(Server::Postgres, name, alter, &[]).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -650,11 +651,23 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn add_column_with_comment() {
-        case(
+        let how = case(
             "pg_addcol",
             "ADD COLUMN note text DEFAULT 'x' -- for the support team",
         )
         .await;
+        assert!(how.starts_with("directly"), "{how}");
+    }
+
+    /// Binary-coercible: no rewrite, so it runs directly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn varchar_widened_directly() {
+        let how = case(
+            "pg_vcwiden",
+            "ALTER COLUMN vc TYPE varchar(80), ALTER COLUMN vc SET DEFAULT 'v'",
+        )
+        .await;
+        assert!(how.starts_with("directly"), "{how}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -699,8 +712,8 @@ mod postgres {
 mod mariadb {
     use super::*;
 
-    async fn case(name: &str, alter: &str) {
-        differential(Server::MariaDb, name, alter, &[]).await;
+    async fn case(name: &str, alter: &str) -> String {
+        differential(Server::MariaDb, name, alter, &[]).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
