@@ -165,3 +165,72 @@ async fn interrupted_copy_leaves_the_table_intact() {
     common::assert_nothing_left(&client, "ref_int").await;
     common::reset(&client, "ref_int").await;
 }
+
+/// The rule table, proven on the server: for each action, swivel's plan (direct or online) is
+/// checked against what PostgreSQL does with the same ALTER on a scratch copy (a changed
+/// relfilenode is a rewrite). A direct plan must never meet a rewrite.
+#[tokio::test]
+async fn rewrite_rules_match_the_server() {
+    let dsn = common::pg_dsn();
+    let client = common::connect(&dsn).await;
+    let cases: &[(&str, bool)] = &[
+        ("ADD COLUMN x int", true),
+        ("ADD COLUMN x int NOT NULL DEFAULT 0", true),
+        ("ADD COLUMN x text DEFAULT 'a' -- why", true),
+        ("ADD COLUMN x timestamptz DEFAULT clock_timestamp()", false),
+        ("ADD COLUMN x bigserial", false),
+        ("ADD COLUMN x int GENERATED ALWAYS AS IDENTITY", false),
+        ("ADD COLUMN x int GENERATED ALWAYS AS (k * 2) STORED", false),
+        ("ALTER COLUMN v TYPE varchar(40)", true),
+        ("ALTER COLUMN v TYPE text", true),
+        ("ALTER COLUMN v TYPE varchar(10)", false),
+        ("ALTER COLUMN k TYPE bigint", false),
+        ("ALTER COLUMN k TYPE int USING k + 1", false),
+        (
+            "ALTER COLUMN k SET DEFAULT 7, ALTER COLUMN v DROP NOT NULL",
+            true,
+        ),
+        ("ALTER COLUMN k SET NOT NULL", false),
+        ("DROP COLUMN v", true),
+    ];
+    for (i, (action, direct)) in cases.iter().enumerate() {
+        let name = format!("ref_rule_{i}");
+        table(&client, &name, &format!("CREATE TABLE {name} (id int PRIMARY KEY, k int, v varchar(20) NOT NULL); CREATE INDEX ON {name} (v); INSERT INTO {name} SELECT g, g, 'v' || g FROM generate_series(1, 100) g")).await;
+        let planned = swivel::run(
+            RunOptions::new(&dsn, &name, *action),
+            std::future::pending(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{action}: {e}"));
+        let Outcome::Planned(plan) = planned else {
+            panic!("{action}: expected a plan")
+        };
+        let scratch = format!("{name}_scratch");
+        common::reset(&client, &scratch).await;
+        // The table's storage, then its indexes'.
+        let storage = format!("SELECT (SELECT relfilenode FROM pg_class WHERE oid = '{scratch}'::regclass)::text, coalesce((SELECT array_agg(relfilenode::text) FROM pg_class WHERE oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = '{scratch}'::regclass)), '{{}}')");
+        client.batch_execute(&format!("CREATE TABLE {scratch} (LIKE {name} INCLUDING ALL); INSERT INTO {scratch} SELECT * FROM {name}")).await.unwrap();
+        let read = |r: tokio_postgres::Row| (r.get::<_, String>(0), r.get::<_, Vec<String>>(1));
+        let before = read(client.query_one(&storage, &[]).await.unwrap());
+        let offline =
+            swivel::plan::strip_comments(&sqlparser::dialect::PostgreSqlDialect {}, action)
+                .unwrap();
+        client
+            .batch_execute(&format!("ALTER TABLE {scratch} {offline}"))
+            .await
+            .unwrap();
+        let after = read(client.query_one(&storage, &[]).await.unwrap());
+        let rewrote = before.0 != after.0 || after.1.iter().any(|i| !before.1.contains(i));
+        assert!(
+            !(plan.metadata_only && rewrote),
+            "{action}: planned as direct, but the server rewrote the table"
+        );
+        assert_eq!(
+            plan.metadata_only, *direct,
+            "{action}: direct {} expected {direct} (server rewrote: {rewrote})",
+            plan.metadata_only
+        );
+        common::reset(&client, &scratch).await;
+        common::reset(&client, &name).await;
+    }
+}

@@ -28,19 +28,27 @@ pub struct ShadowInfo {
     pub shape: String,
 }
 
-/// The storage of a table and its indexes: changes when the server rewrites the table or
-/// rebuilds an index.
+/// The storage of a table (first) and its indexes. (Relfilenodes, not oids: a
+/// binary-coercible type change re-creates an index under a new oid on its old storage, which
+/// is no rebuild.)
 async fn storage(client: &Client, table: &str) -> Result<Vec<String>> {
     Ok(client
         .query_one(
-            "SELECT coalesce(array_agg(oid::text || ':' || relfilenode::text ORDER BY oid), '{}')
-             FROM pg_class WHERE oid = $1::text::regclass
-                OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = $1::text::regclass)",
+            "SELECT ARRAY[(SELECT relfilenode::text FROM pg_class WHERE oid = $1::text::regclass)]
+                    || coalesce((SELECT array_agg(c.relfilenode::text) FROM pg_index i
+                                 JOIN pg_class c ON c.oid = i.indexrelid
+                                 WHERE i.indrelid = $1::text::regclass), '{}')",
             &[&table],
         )
         .await
         .ctx("reading the table's storage")?
         .get(0))
+}
+
+/// Did the server rewrite the table, or build an index on new storage, between two readings
+/// of [`storage`]? (An index dropped with its column is neither.)
+fn rewritten(before: &[String], after: &[String]) -> bool {
+    before.first() != after.first() || after[1..].iter().any(|s| !before.contains(s))
 }
 
 /// Columns (name, type, NOT NULL, default, collation) and CHECK constraints of `table`, as one
@@ -103,7 +111,7 @@ pub async fn build(
                 "the server rejects the ALTER: {msg}{unparsed}; fix --alter"
             ))
         })?;
-    let rewrote = storage(client, &shadow).await? != before;
+    let rewrote = rewritten(&before, &storage(client, &shadow).await?);
     let shape = shape(client, &shadow).await?;
 
     let rows = client
