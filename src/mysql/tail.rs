@@ -133,8 +133,17 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
         ))
     })?;
 
-    let conn = b.target.connect_raw("binlog").await?;
+    let mut conn = b.target.connect_raw("binlog").await?;
     b.conn_ids.push(conn.id());
+    if b.mariadb {
+        // Say we read MariaDB's GTID events. Otherwise the server rewrites each into an event
+        // an old replica knows, and fails on some ("Failed to replace GTID event with
+        // backwards-compatible event: corrupt event", seen on a group-committed GTID event of a
+        // statement-format transaction): the stream would end mid-run.
+        conn.query_drop("SET @mariadb_slave_capability = 4")
+            .await
+            .my_ctx("declaring the replica's capabilities")?;
+    }
     let stream = conn
         .get_binlog_stream(
             BinlogStreamRequest::new(server_id())
@@ -286,9 +295,11 @@ impl Applier {
                     return Err(unknown_event(event.header().event_type_raw()))
                 }
                 None => match event.header().event_type_raw() {
-                    // MariaDB's annotate-rows, binlog checkpoint, GTID and GTID list events:
-                    // nothing to replay.
-                    160..=163 => {}
+                    // MariaDB's GTID event opens a transaction (there is no BEGIN then).
+                    162 => self.txn += 1,
+                    // MariaDB's annotate-rows, binlog checkpoint and GTID list events: nothing
+                    // to replay.
+                    160 | 161 | 163 => {}
                     // MariaDB's compressed query and rows events (log_bin_compress).
                     165..=171 => {
                         return Err(Error::Stream(
