@@ -301,7 +301,9 @@ fn columns(server: Server) -> Vec<Column> {
 }
 
 /// Create `table` and its twin with the same rows.
-async fn create(db: &mut Db, server: Server, table: &str) {
+/// `composite`: the key is (id, tag), tag a text column ordered by bytes (`COLLATE "C"`,
+/// `utf8mb4_bin`), and key changes move both.
+async fn create(db: &mut Db, server: Server, table: &str, composite: bool) {
     let twin = format!("{table}_twin");
     db.reset(table).await;
     db.reset(&twin).await;
@@ -349,6 +351,21 @@ async fn create(db: &mut Db, server: Server, table: &str) {
         ),
     };
     db.exec(&sql).await.unwrap();
+    if composite {
+        let rekey = match server {
+            Server::Postgres => format!(
+                "ALTER TABLE {{T}} ADD COLUMN tag text COLLATE \"C\" NOT NULL DEFAULT '';
+                 UPDATE {{T}} SET tag = 'k' || (id % 7);
+                 ALTER TABLE {{T}} ALTER COLUMN tag DROP DEFAULT, DROP CONSTRAINT {{T}}_pkey, ADD PRIMARY KEY (id, tag)"
+            ),
+            Server::MariaDb => "ALTER TABLE {T} ADD COLUMN tag varchar(8) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '';
+                 UPDATE {T} SET tag = concat('k', id % 7);
+                 ALTER TABLE {T} ALTER COLUMN tag DROP DEFAULT, DROP PRIMARY KEY, ADD PRIMARY KEY (id, tag)".to_string(),
+        };
+        for t in [table.to_string(), twin] {
+            db.exec(&rekey.replace("{T}", &t)).await.unwrap();
+        }
+    }
 }
 
 /// Something that changes when `table` stops being the original table (the swap, or a direct
@@ -375,9 +392,10 @@ async fn writer(
     server: Server,
     table: String,
     w: i64,
-    seed: u64,
+    composite: bool,
     stop: Arc<AtomicBool>,
 ) -> (Duration, u64) {
+    let seed = 9;
     let mut db = Db::connect(server).await;
     let twin = format!("{table}_twin");
     let cols = columns(server);
@@ -402,6 +420,12 @@ async fn writer(
                     .iter()
                     .map(|c| (c.value)(&mut rng).unwrap_or("NULL".into()))
                     .collect();
+                let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                let mut values = values;
+                if composite {
+                    names.push("tag".into());
+                    values.push(format!("'k{}'", rng.gen_range(0..7)));
+                }
                 let sep = if names.is_empty() { "" } else { ", " };
                 format!(
                     "INSERT INTO {{T}} (id{sep}{}) VALUES ({id}{sep}{})",
@@ -429,7 +453,12 @@ async fn writer(
                 let (id, new_id) = (staged[at], next_id);
                 next_id += WRITERS;
                 staged[at] = new_id;
-                format!("UPDATE {{T}} SET id = {new_id} WHERE id = {id}")
+                if composite {
+                    let tag = rng.gen_range(0..7);
+                    format!("UPDATE {{T}} SET id = {new_id}, tag = 'k{tag}' WHERE id = {id}")
+                } else {
+                    format!("UPDATE {{T}} SET id = {new_id} WHERE id = {id}")
+                }
             } else {
                 let id = staged.swap_remove(rng.gen_range(0..staged.len()));
                 format!("DELETE FROM {{T}} WHERE id = {id}")
@@ -531,15 +560,25 @@ async fn count(db: &mut Db, sql: &str) -> i64 {
 /// offline. `skip`: columns whose values the server assigns in an order of its own (a new
 /// serial), compared for presence only.
 async fn differential(server: Server, case: &str, alter: &str, skip: &[&str]) -> String {
+    differential_keyed(server, case, alter, skip, false).await
+}
+
+async fn differential_keyed(
+    server: Server,
+    case: &str,
+    alter: &str,
+    skip: &[&str],
+    composite: bool,
+) -> String {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let table = format!("diff_{case}");
     let twin = format!("{table}_twin");
     let mut db = Db::connect(server).await;
-    create(&mut db, server, &table).await;
+    create(&mut db, server, &table, composite).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..WRITERS)
-        .map(|w| tokio::spawn(writer(server, table.clone(), w, 9, stop.clone())))
+        .map(|w| tokio::spawn(writer(server, table.clone(), w, composite, stop.clone())))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut opts = RunOptions::new(server.dsn(), &table, alter);
@@ -659,6 +698,20 @@ mod postgres {
         assert!(how.starts_with("directly"), "{how}");
     }
 
+    /// A composite key with a text part in byte order, and key changes moving both parts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn composite_text_key() {
+        let how = differential_keyed(
+            Server::Postgres,
+            "pg_ckey",
+            "ALTER COLUMN i TYPE bigint",
+            &[],
+            true,
+        )
+        .await;
+        assert!(how.starts_with("online"), "{how}");
+    }
+
     /// Binary-coercible: no rewrite, so it runs directly.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn varchar_widened_directly() {
@@ -723,6 +776,14 @@ mod mariadb {
             "MODIFY i BIGINT, MODIFY b INT, MODIFY ui BIGINT UNSIGNED",
         )
         .await;
+    }
+
+    /// A composite key with a `_bin` text part, and key changes moving both parts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn composite_text_key() {
+        let how =
+            differential_keyed(Server::MariaDb, "my_ckey", "MODIFY i BIGINT", &[], true).await;
+        assert!(how.starts_with("online"), "{how}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
