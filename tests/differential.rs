@@ -353,11 +353,10 @@ async fn create(db: &mut Db, server: Server, table: &str, composite: bool) {
     db.exec(&sql).await.unwrap();
     if composite {
         let rekey = match server {
-            Server::Postgres => format!(
-                "ALTER TABLE {{T}} ADD COLUMN tag text COLLATE \"C\" NOT NULL DEFAULT '';
-                 UPDATE {{T}} SET tag = 'k' || (id % 7);
-                 ALTER TABLE {{T}} ALTER COLUMN tag DROP DEFAULT, DROP CONSTRAINT {{T}}_pkey, ADD PRIMARY KEY (id, tag)"
-            ),
+            Server::Postgres => "ALTER TABLE {T} ADD COLUMN tag text COLLATE \"C\" NOT NULL DEFAULT '';
+                 UPDATE {T} SET tag = 'k' || (id % 7);
+                 ALTER TABLE {T} ALTER COLUMN tag DROP DEFAULT, DROP CONSTRAINT {T}_pkey, ADD PRIMARY KEY (id, tag)"
+                .to_string(),
             Server::MariaDb => "ALTER TABLE {T} ADD COLUMN tag varchar(8) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL DEFAULT '';
                  UPDATE {T} SET tag = concat('k', id % 7);
                  ALTER TABLE {T} ALTER COLUMN tag DROP DEFAULT, DROP PRIMARY KEY, ADD PRIMARY KEY (id, tag)".to_string(),
