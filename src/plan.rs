@@ -17,10 +17,8 @@ pub struct AlterSpec {
     /// The actions as the user wrote them, without comments: what the parser read is what the
     /// server runs.
     pub actions: String,
-    /// False when swivel's parser cannot read the actions: then only the server judges them,
-    /// on the shadow table, and the change is always copied online.
-    pub parsed: bool,
-    /// Why the parser could not read the actions, for the plan and for the server's refusal.
+    /// Why swivel's parser could not read the actions (None: it could). Then only the server
+    /// judges them, on the shadow table, and the change is always copied online.
     pub unparsed_reason: Option<String>,
     /// Column renames, old name to new name.
     pub renames: Vec<(String, String)>,
@@ -30,6 +28,21 @@ pub struct AlterSpec {
     /// run, which the backend confirms by evidence (PostgreSQL: the trial on an empty copy;
     /// MySQL: ALGORITHM=INSTANT) or else copies online.
     pub metadata_only: bool,
+}
+
+impl AlterSpec {
+    /// swivel's parser read the actions.
+    pub fn parsed(&self) -> bool {
+        self.unparsed_reason.is_none()
+    }
+
+    /// What to add to the server's refusal of an ALTER swivel could not parse either.
+    pub fn unparsed_note(&self) -> String {
+        self.unparsed_reason
+            .as_ref()
+            .map(|why| format!(" (it does not parse for swivel either: {why})"))
+            .unwrap_or_default()
+    }
 }
 
 /// Parse the actions that follow `ALTER TABLE <table>` (gh-ost and pt-osc convention).
@@ -51,7 +64,6 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
         Err(e) => {
             return Ok(AlterSpec {
                 actions,
-                parsed: false,
                 unparsed_reason: Some(e.to_string()),
                 renames: Vec::new(),
                 using: Vec::new(),
@@ -79,7 +91,6 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
 
     let mut spec = AlterSpec {
         actions,
-        parsed: true,
         unparsed_reason: None,
         renames: Vec::new(),
         using: Vec::new(),
@@ -381,7 +392,7 @@ mod tests {
     fn what_does_not_parse_goes_to_the_server() {
         let my = |a: &str| parse_alter(&sqlparser::dialect::MySqlDialect {}, a, false);
         let spec = my("CONVERT TO CHARACTER SET utf8mb4").unwrap();
-        assert!(!spec.parsed && !spec.metadata_only);
+        assert!(!spec.parsed() && !spec.metadata_only);
         assert!(!pg("ADD COLUMN s bigserial").unwrap().metadata_only);
         assert!(
             !pg("ADD COLUMN s int GENERATED ALWAYS AS IDENTITY")
@@ -393,7 +404,7 @@ mod tests {
 
     #[test]
     fn refusals_say_what_to_do() {
-        assert!(!pg("ALTER COLUMN k TYPE").unwrap().parsed);
+        assert!(!pg("ALTER COLUMN k TYPE").unwrap().parsed());
         let e = pg("ADD CONSTRAINT u UNIQUE (k)").unwrap_err().to_string();
         assert!(e.contains("CONCURRENTLY"), "{e}");
         let e = pg("RENAME TO other").unwrap_err().to_string();

@@ -366,11 +366,7 @@ async fn try_alter(b: &mut MyBackend, key_names: &[String]) -> Result<()> {
                     mysql_async::Error::Server(s) => s.message,
                     other => other.to_string(),
                 },
-                b.alter
-                    .unparsed_reason
-                    .as_ref()
-                    .map(|why| format!(" (it does not parse for swivel either: {why})"))
-                    .unwrap_or_default()
+                b.alter.unparsed_note()
             ))
         });
     let shape = match &tried {

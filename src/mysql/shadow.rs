@@ -80,7 +80,7 @@ pub async fn create(b: &mut MyBackend) -> Result<()> {
         })
     };
     let table = b.table()?;
-    if !b.alter.parsed {
+    if !b.alter.parsed() {
         crate::plan::refuse_ambiguous_renames(
             table.columns.iter().map(|c| c.name.as_str()),
             shadow_columns.iter().map(|(c, _)| c.clone()),

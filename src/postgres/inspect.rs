@@ -346,7 +346,7 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
             ));
         }
     }
-    if !b.alter.parsed {
+    if !b.alter.parsed() {
         lines.push(format!(
             "swivel's parser cannot read the ALTER ({}); the server accepts it on an empty copy, so it runs online",
             b.alter.unparsed_reason.as_deref().unwrap_or("unknown syntax")

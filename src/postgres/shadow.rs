@@ -102,13 +102,9 @@ pub async fn build(
                 Error::Database { message, .. } => message.clone(),
                 other => other.to_string(),
             };
-            let unparsed = alter
-                .unparsed_reason
-                .as_ref()
-                .map(|why| format!(" (it does not parse for swivel either: {why})"))
-                .unwrap_or_default();
             Error::refused(format!(
-                "the server rejects the ALTER: {msg}{unparsed}; fix --alter"
+                "the server rejects the ALTER: {msg}{}; fix --alter",
+                alter.unparsed_note()
             ))
         })?;
     let rewrote = rewritten(&before, &storage(client, &shadow).await?);
@@ -132,7 +128,7 @@ pub async fn build(
         .iter()
         .map(|(c, e)| (c.as_str(), e.as_str()))
         .collect();
-    if !alter.parsed {
+    if !alter.parsed() {
         crate::plan::refuse_ambiguous_renames(
             table.columns.iter().map(|c| c.name.as_str()),
             rows.iter().map(|r| r.get::<_, String>(0)),
