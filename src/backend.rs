@@ -52,6 +52,19 @@ pub trait Backend {
     async fn cleanup(&mut self, succeeded: bool) -> Result<()>;
 }
 
+/// A direct (metadata-only) change has run: the table's shape (`now`) must be what the plan's
+/// trial on an empty copy showed (`expected`), or swivel must not say it is done.
+pub fn verify_direct_change(expected: Option<&str>, now: &str) -> Result<()> {
+    let expected = expected.unwrap_or_default();
+    if now != expected {
+        return Err(crate::error::Error::Stream(format!(
+            "the change ran, but the table does not look as the trial said it would: expected \
+             columns {expected:?}, found {now:?}; check the table"
+        )));
+    }
+    Ok(())
+}
+
 /// Wait between lock attempts: grows, capped, so the application gets the table back between.
 pub fn backoff(attempt: u32) -> std::time::Duration {
     std::time::Duration::from_millis((250u64 << attempt.min(5)).min(5000))

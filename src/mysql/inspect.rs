@@ -487,13 +487,7 @@ pub async fn run_metadata_only(b: &mut MyBackend) -> Result<bool> {
         }
     }
     let now = shape(&mut b.ctl, &b.names.source()).await?;
-    let expected = b.expected_shape.as_deref().unwrap_or_default();
-    if now != expected {
-        return Err(Error::Stream(format!(
-            "the change ran, but the table does not look as the trial said it would: expected \
-             columns {expected:?}, found {now:?}; check the table"
-        )));
-    }
+    crate::backend::verify_direct_change(b.expected_shape.as_deref(), &now)?;
     Ok(true)
 }
 

@@ -422,12 +422,6 @@ pub async fn run_metadata_only(b: &mut PgBackend) -> Result<bool> {
         }
     }
     let now = shadow::shape(&b.ctl, &source).await?;
-    let expected = b.expected_shape.as_deref().unwrap_or_default();
-    if now != expected {
-        return Err(Error::Stream(format!(
-            "the change was committed, but the table does not look as the trial said it would: \
-             expected columns {expected:?}, found {now:?}; check the table"
-        )));
-    }
+    crate::backend::verify_direct_change(b.expected_shape.as_deref(), &now)?;
     Ok(true)
 }
