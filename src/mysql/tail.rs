@@ -506,13 +506,16 @@ fn statement_write(sql: &str, table: &str) -> Error {
     ))
 }
 
+/// The words of a statement: identifiers and keywords, quotes and punctuation dropped.
+fn words(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .filter(|w| !w.is_empty())
+}
+
 /// A statement-format event (a query other than transaction control) that names the table:
 /// one written in its database or naming that database too.
 fn mentions_table(schema: &str, sql: &str, names: &Names) -> bool {
-    let words: Vec<&str> = sql
-        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words: Vec<&str> = words(sql).collect();
     let Some(verb) = words.first() else {
         return false;
     };
@@ -528,9 +531,7 @@ fn mentions_table(schema: &str, sql: &str, names: &Names) -> bool {
 
 /// A statement from the binlog that changes the table itself (DDL or TRUNCATE naming it).
 fn changes_table(sql: &str, table: &str) -> bool {
-    let mut words = sql
-        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-        .filter(|w| !w.is_empty());
+    let mut words = words(sql);
     let Some(verb) = words.next() else {
         return false;
     };
