@@ -23,6 +23,9 @@ pub enum Error {
     /// The run was stopped (Ctrl-C, panic command) before it finished.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// A hook failed where its failure stops the run.
+    #[error("hook: {0}")]
+    Hook(String),
     /// Cut-over could not take its locks or drain the stream within its retries.
     #[error("cut-over failed: {0}")]
     Cutover(String),

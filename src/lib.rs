@@ -1,21 +1,16 @@
 //! swivel: online schema changes for PostgreSQL and MySQL/MariaDB.
 //!
-//! The pipeline: [`plan`] → shadow table → [`copy`] ∥ tail and apply → cut-over → cleanup,
-//! driven by [`migrate`] over a [`backend::Backend`]; the copy/replay protocol is in
-//! [`watermark`].
+//! The rooms: [`engine`] (plan → shadow → copy ∥ tail and apply → cut-over → cleanup, over the
+//! [`engine::backend::Backend`] trait), [`control`] (steering a running migration: socket,
+//! throttler, hooks), and one backend per server family, [`postgres`] and [`mysql`].
 
-pub mod backend;
-pub mod copy;
+pub mod control;
+pub mod engine;
 pub mod error;
-pub mod migrate;
 pub mod mysql;
 pub mod options;
-pub mod plan;
 pub mod postgres;
-pub mod progress;
-pub mod replay;
-pub mod watermark;
 
+pub use engine::migrate::{run, Outcome};
 pub use error::{Error, Result};
-pub use migrate::{run, Outcome};
 pub use options::RunOptions;

@@ -1,13 +1,15 @@
 //! The `swivel` command line.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use swivel::migrate::Outcome;
-use swivel::progress::format_duration;
+use swivel::engine::migrate::Outcome;
+use swivel::engine::progress::format_duration;
+use swivel::options::DurationUnit;
 use swivel::RunOptions;
 
 mod bench;
@@ -26,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Plan (and with --execute, run) an online ALTER TABLE.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove what a crashed run left behind (shadow table, publication, slot).
     Cleanup(CleanupArgs),
     /// Measure swivel against the baselines on a scratch table under a write workload.
@@ -59,7 +61,7 @@ struct BenchArgs {
     #[arg(long, default_value = "swivel-bench")]
     report: PathBuf,
     /// Writes before each tool starts (and after it ends), e.g. 5s.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = duration)]
     warmup: Duration,
 }
 
@@ -105,35 +107,97 @@ struct RunArgs {
     #[arg(long)]
     execute: bool,
     /// Rows in the first chunk; later chunks are sized to --target-chunk-time.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=200_000))]
     chunk_size: u64,
     /// Time each chunk should take, e.g. 500ms.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = duration)]
     target_chunk_time: Duration,
     /// Upper bound on rows copied per second.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_rows_per_second: Option<u32>,
-    /// How long cut-over waits for its lock (and for the stream to drain) per attempt.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// Row changes the applier writes per batch.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    dml_batch_size: u64,
+    /// How long each cut-over attempt may wait for its lock (and for the stream to drain):
+    /// the longest the application's writes wait on one attempt.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
     cut_over_lock_timeout: Duration,
-    /// Cut-over attempts after the first.
+    /// Failed cut-over attempts in a row before swivel catches up for a while and tries again.
     #[arg(long, default_value_t = 10)]
     cut_over_retries: u32,
-    /// Replication lag under which cut-over may start, e.g. 1500ms.
-    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
+    /// After cut-over has kept failing this long (e.g. 30m), stop trying and wait, caught up,
+    /// for `unpostpone` on the control socket. Default: keep trying.
+    #[arg(long, value_parser = duration)]
+    cut_over_max_wait: Option<Duration>,
+    /// When a cut-over attempt fails, end the sessions holding locks on the table whose
+    /// transaction has been open longer than this (e.g. 30s). Default: never.
+    #[arg(long, value_parser = duration)]
+    force_cut_over_after: Option<Duration>,
+    /// Replication lag (swivel's and each control replica's) above which it throttles and
+    /// under which cut-over may start; a bare number is milliseconds.
+    #[arg(long, default_value = "1500", value_parser = millis)]
     max_lag_millis: Duration,
+    /// Throttle while a status variable is at or above its threshold, e.g.
+    /// Threads_running=25 (PostgreSQL: active_backends=25, or Threads_running for the same).
+    #[arg(long, default_value = "")]
+    max_load: swivel::control::Loads,
+    /// Stop the run (cleanly) when a status variable reaches its threshold, twice in a row.
+    #[arg(long, default_value = "")]
+    critical_load: swivel::control::Loads,
+    /// After each chunk, sleep this many times as long as the chunk took (0.5: a third slower).
+    #[arg(long, default_value_t = 0.0, value_parser = nice_ratio)]
+    nice_ratio: f64,
+    /// Throttle while this query returns a number above 0.
+    #[arg(long)]
+    throttle_query: Option<String>,
+    /// Throttle while this http:// URL does not answer 200.
+    #[arg(long)]
+    throttle_http: Option<String>,
+    /// Comma-separated replica URLs whose lag (above --max-lag-millis) throttles the run. They
+    /// use the same password as --dsn.
+    #[arg(long, value_delimiter = ',')]
+    throttle_control_replicas: Vec<String>,
+    /// Throttle while this file exists.
+    #[arg(long)]
+    throttle_flag_file: Option<PathBuf>,
+    /// Throttle while this file exists (one shared by several runs, say).
+    #[arg(long)]
+    throttle_additional_flag_file: Option<PathBuf>,
+    /// Don't cut over while this file exists: stay caught up until it is removed or
+    /// `unpostpone` is sent on the control socket.
+    #[arg(long)]
+    postpone_cut_over_flag_file: Option<PathBuf>,
+    /// Stop the run (cleanly) when this file appears.
+    #[arg(long)]
+    panic_flag_file: Option<PathBuf>,
+    /// The control socket (default: swivel.<db>.<table>.sock in the temporary directory).
+    #[arg(long)]
+    serve_socket_file: Option<PathBuf>,
+    /// Also serve the control protocol on this TCP port of 127.0.0.1.
+    #[arg(long)]
+    serve_tcp_port: Option<u16>,
+    /// Directory of hook executables (swivel-on-startup, swivel-on-before-cut-over, ...).
+    #[arg(long)]
+    hooks_path: Option<PathBuf>,
+    /// Time between runs of the on-status hook.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    hooks_status_interval: Duration,
+    /// PostgreSQL: while throttled, once the slot holds this much WAL, replay goes on (the copy
+    /// stays paused) so the server's disk does not fill, e.g. 1GB.
+    #[arg(long, default_value = "1GB", value_parser = swivel::options::parse_bytes)]
+    max_retained_wal: u64,
     /// Drop the old table after a successful cut-over (default: keep it as _<table>_old).
     #[arg(long)]
     drop_old_table: bool,
-    /// Seconds between progress lines.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// Time between progress lines.
+    #[arg(long, default_value = "2s", value_parser = duration)]
     progress_interval: Duration,
     /// Write machine-readable status here: a JSON line every --status-interval, then a last
     /// line with the outcome and when each phase began.
     #[arg(long)]
     status_file: Option<PathBuf>,
     /// Time between status-file lines.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration)]
     status_interval: Duration,
 }
 
@@ -143,22 +207,54 @@ struct CleanupArgs {
     target: Target,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 500ms or 2s"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("`{s}`: use ms, s or m")),
+/// A duration option: a unit is required (500ms, 2s, 1m).
+fn duration(s: &str) -> Result<Duration, String> {
+    swivel::options::parse_duration(s, DurationUnit::Required)
+}
+
+/// A `--…-millis` option: a bare number is milliseconds.
+fn millis(s: &str) -> Result<Duration, String> {
+    swivel::options::parse_duration(s, DurationUnit::Millis)
+}
+
+fn nice_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=100.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}`: give a number from 0 to 100")),
+    }
+}
+
+/// Resolves on Ctrl-C, SIGTERM (what `timeout`, systemd and Kubernetes send) or SIGHUP (a
+/// closed terminal): the run cleans up.
+async fn shutdown_signal(what: &'static str) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let on = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
     };
-    Ok(Duration::from_secs_f64(seconds))
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = on(SignalKind::terminate()) => {}
+        _ = on(SignalKind::hangup()) => {}
+    }
+    eprintln!("swivel: interrupted, {what}");
+}
+
+/// Log lines on stderr, written around the progress bar when one is drawn.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        swivel::control::reporter::suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 #[tokio::main]
@@ -168,7 +264,9 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SWIVEL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(|| LogWriter)
         .init();
     match real_main().await {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,11 +279,11 @@ async fn main() -> ExitCode {
 
 async fn real_main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Bench(args) => bench_command(args).await,
         Command::Cleanup(args) => {
             let password = args.target.password()?;
-            let removed = swivel::migrate::cleanup_leftovers(
+            let removed = swivel::engine::migrate::cleanup_leftovers(
                 &args.target.dsn,
                 password.as_deref(),
                 &args.target.table,
@@ -225,10 +323,7 @@ async fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         cooldown: args.warmup,
     };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("swivel: interrupted, dropping what the bench created");
-    };
+    let shutdown = shutdown_signal("dropping what the bench created");
     let report = bench::run(opts.clone(), shutdown).await?;
     println!("{}", report.server);
     print!("{}", report.table());
@@ -243,47 +338,72 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut opts = RunOptions::new(&args.target.dsn, &args.target.table, &args.alter);
     opts.password = args.target.password()?;
     opts.execute = args.execute;
+    opts.announce = true;
     opts.chunk_size = args.chunk_size;
-    opts.target_chunk_time = args.target_chunk_time;
+    opts.knobs.target_chunk_time = args.target_chunk_time;
     opts.max_rows_per_second = args.max_rows_per_second;
+    opts.knobs.dml_batch_size = args.dml_batch_size as usize;
     opts.cut_over_lock_timeout = args.cut_over_lock_timeout;
     opts.cut_over_retries = args.cut_over_retries;
-    opts.max_lag = args.max_lag_millis;
+    opts.cut_over_max_wait = args.cut_over_max_wait;
+    opts.force_cut_over_after = args.force_cut_over_after;
+    opts.knobs.max_lag = args.max_lag_millis;
+    opts.knobs.max_load = args.max_load;
+    opts.knobs.critical_load = args.critical_load;
+    opts.knobs.nice_ratio = args.nice_ratio;
+    opts.knobs.throttle_query = args.throttle_query;
+    opts.knobs.throttle_http = args.throttle_http;
+    opts.knobs.throttle_control_replicas = args.throttle_control_replicas;
+    opts.knobs.throttle_flag_file = args.throttle_flag_file;
+    opts.knobs.throttle_additional_flag_file = args.throttle_additional_flag_file;
+    opts.knobs.postpone_cut_over_flag_file = args.postpone_cut_over_flag_file;
+    opts.knobs.panic_flag_file = args.panic_flag_file;
+    opts.serve_socket_file = Some(args.serve_socket_file.unwrap_or_else(|| {
+        swivel::control::socket::default_path(&args.target.dsn, &args.target.table)
+    }));
+    opts.serve_tcp_port = args.serve_tcp_port;
+    opts.hooks_path = args.hooks_path;
+    opts.hooks_status_interval = args.hooks_status_interval;
+    opts.max_retained_wal = args.max_retained_wal;
     opts.drop_old_table = args.drop_old_table;
     opts.progress_interval = Some(args.progress_interval);
     opts.status_file = args.status_file;
     opts.status_interval = args.status_interval;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("swivel: interrupted, cleaning up");
-    };
-    match swivel::run(opts, shutdown).await? {
+    if let Some(url) = &opts.knobs.throttle_http {
+        if !url.starts_with("http://") {
+            anyhow::bail!(
+                "--throttle-http {url}: give an http:// URL (https is not supported yet)"
+            );
+        }
+    }
+    match swivel::run(opts, shutdown_signal("cleaning up")).await? {
         Outcome::Planned(plan) => {
             for line in &plan.lines {
                 println!("{line}");
             }
             println!("checks passed; nothing was changed (add --execute to run it)");
         }
-        Outcome::MetadataOnly(plan) => {
-            for line in &plan.lines {
-                println!("{line}");
-            }
+        Outcome::MetadataOnly(_) => {
             println!("done: the change ran directly, no copy needed");
         }
         Outcome::Migrated(stats) => {
-            for line in &stats.plan.lines {
-                println!("{line}");
-            }
             let rate = stats.rows_copied as f64 / stats.copy_time.as_secs_f64().max(1e-9);
+            let c = &stats.cutover;
             println!(
-                "done: {} rows copied in {} ({:.0} rows/s), {} changes replayed, cut-over held the lock {:.1}ms (attempt {}), total {}",
+                "done: {} rows copied in {} ({:.0} rows/s), {} changes replayed, total {}",
                 stats.rows_copied,
                 format_duration(stats.copy_time),
                 rate,
                 stats.changes_applied,
-                stats.cutover.lock_held.as_secs_f64() * 1000.0,
-                stats.cutover.attempts,
                 format_duration(stats.total_time),
+            );
+            println!(
+                "cut-over: attempt {} swapped the tables, holding the lock {:.1}ms; writes could \
+                 wait on cut-over {:.1}ms in all (longest {:.1}ms in one attempt)",
+                c.attempts,
+                c.lock_held.as_secs_f64() * 1000.0,
+                c.stall.as_secs_f64() * 1000.0,
+                c.longest_stall.as_secs_f64() * 1000.0,
             );
         }
     }

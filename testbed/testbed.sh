@@ -8,8 +8,13 @@
 #   testbed/testbed.sh tools    install the bench's baseline tools where missing
 #                               (pt-online-schema-change, pg_repack for the server's version)
 #
-# PostgreSQL: 127.0.0.1:55432, wal_level=logical, database swivel, user postgres (trust).
-# MariaDB:    127.0.0.1:33306, binlog ROW / FULL, database swivel, user root (no password).
+# PostgreSQL: 127.0.0.1:55432, wal_level=logical, database swivel, user postgres (trust);
+#             127.0.0.1:55433, wal_level=replica, a separate server (refusal tests);
+#             127.0.0.1:55434, a streaming standby of 55432 (replica-lag throttling).
+# MariaDB:    127.0.0.1:33306, binlog ROW / FULL, database swivel, user root (no password);
+#             127.0.0.1:33307, a replica of 33306 for database swivel_repl only (replica-lag
+#             throttling; it starts at the primary's position when it is made, so the other
+#             databases' history never reaches it).
 # Data lives under $SWIVEL_TESTBED_DIR (default: /var/tmp/swivel-testbed, one place for the
 # whole machine, so every checkout finds the same instances on the same ports; PostgreSQL's OS
 # user must be able to reach it). The machine's own services on the standard ports are never
@@ -24,6 +29,10 @@ pg_dir=$base/pg
 plain_port=${SWIVEL_PG_PLAIN_PORT:-55433}
 plain_dir=$base/pg-plain
 my_dir=$base/mariadb
+standby_port=${SWIVEL_PG_STANDBY_PORT:-55434}
+standby_dir=$base/pg-standby
+replica_port=${SWIVEL_MYSQL_REPLICA_PORT:-33307}
+replica_dir=$base/mariadb-replica
 
 log() { echo "testbed: $*" >&2; }
 
@@ -64,6 +73,34 @@ as_pg() {
 
 pg_running() { as_pg "$(pg_bin)/pg_ctl" -D "$1/data" status >/dev/null 2>&1; }
 
+# run_pg DIR PORT WAL_LEVEL: start the server in DIR/data unless it runs.
+run_pg() {
+    local dir=$1 port=$2 wal=$3
+    if ! pg_running "$dir"; then
+        as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+            -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=$wal \
+                -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=200 \
+                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                -c shared_buffers=256MB -c max_wal_size=4GB" start >/dev/null 9>&-
+    fi
+}
+
+# A streaming standby of the logical primary, made by pg_basebackup the first time.
+start_pg_standby() {
+    mkdir -p "$standby_dir"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$standby_dir"; fi
+    if [ ! -f "$standby_dir/data/PG_VERSION" ]; then
+        log "pg_basebackup of 127.0.0.1:$pg_port into $standby_dir/data"
+        as_pg "$(pg_bin)/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres \
+            -D "$standby_dir/data" -R -X stream >"$standby_dir/basebackup.log" 2>&1
+    fi
+    run_pg "$standby_dir" "$standby_port" logical
+    # A paused replay (a test's) survives the test if it failed: resume it.
+    psql -h 127.0.0.1 -p "$standby_port" -U postgres -d postgres -qtAc \
+        "SELECT pg_wal_replay_resume() WHERE pg_is_wal_replay_paused()" >/dev/null
+    log "PostgreSQL (standby of $pg_port) ready: postgres://postgres@127.0.0.1:$standby_port/swivel"
+}
+
 # start_pg DIR PORT WAL_LEVEL
 start_pg() {
     local bin dir=$1 port=$2 wal=$3; bin=$(pg_bin)
@@ -73,13 +110,7 @@ start_pg() {
         log "initdb PostgreSQL in $dir/data"
         as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
     fi
-    if ! pg_running "$dir"; then
-        as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-            -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=$wal \
-                -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=200 \
-                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-                -c shared_buffers=256MB -c max_wal_size=4GB" start >/dev/null 9>&-
-    fi
+    run_pg "$dir" "$port" "$wal"
     if ! psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='swivel'" | grep -q 1; then
         psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE swivel" >/dev/null
     fi
@@ -88,33 +119,44 @@ start_pg() {
 
 my_server() { command -v mariadbd || command -v mysqld; }
 my_client() { command -v mariadb || command -v mysql; }
-my_running() { [ -S "$my_dir/mysqld.sock" ] && "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; }
+# my_running DIR
+my_running() { [ -S "$1/mysqld.sock" ] && "$(my_client)" --socket="$1/mysqld.sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; }
 
-start_mariadb() {
-    mkdir -p "$my_dir"
-    if [ ! -d "$my_dir/data/mysql" ]; then
-        log "installing MariaDB system tables in $my_dir/data"
+# run_mariadb DIR PORT SERVER_ID EXTRA_OPTIONS...: install and start unless it runs; then
+# drop the anonymous users and let root in over TCP.
+run_mariadb() {
+    local dir=$1 port=$2 id=$3; shift 3
+    mkdir -p "$dir"
+    if [ ! -d "$dir/data/mysql" ]; then
+        log "installing MariaDB system tables in $dir/data"
         local install; install=$(command -v mariadb-install-db || command -v mysql_install_db)
-        "$install" --no-defaults --datadir="$my_dir/data" --user="$(id -un)" --auth-root-authentication-method=normal \
-            >"$my_dir/install.log" 2>&1
+        "$install" --no-defaults --datadir="$dir/data" --user="$(id -un)" --auth-root-authentication-method=normal \
+            >"$dir/install.log" 2>&1
     fi
-    if ! my_running; then
-        "$(my_server)" --no-defaults --datadir="$my_dir/data" --socket="$my_dir/mysqld.sock" \
-            --port="$my_port" --bind-address=127.0.0.1 --user="$(id -un)" \
-            --log-bin="$my_dir/data/binlog" --binlog-format=ROW --binlog-row-image=FULL \
-            --binlog-row-metadata=FULL --server-id=1 --pid-file="$my_dir/mysqld.pid" \
-            --log-error="$my_dir/error.log" --innodb-buffer-pool-size=256M \
-            --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 >/dev/null 2>&1 9>&- &
+    if ! my_running "$dir"; then
+        "$(my_server)" --no-defaults --datadir="$dir/data" --socket="$dir/mysqld.sock" \
+            --port="$port" --bind-address=127.0.0.1 --user="$(id -un)" \
+            --server-id="$id" --pid-file="$dir/mysqld.pid" \
+            --log-error="$dir/error.log" --innodb-buffer-pool-size=256M \
+            --innodb-flush-log-at-trx-commit=2 --sync-binlog=0 "$@" >/dev/null 2>&1 9>&- &
         local i
-        for i in $(seq 1 120); do my_running && break; sleep 0.25; done
-        my_running || { log "MariaDB did not start; see $my_dir/error.log"; tail -20 "$my_dir/error.log" >&2; exit 1; }
+        for i in $(seq 1 120); do my_running "$dir" && break; sleep 0.25; done
+        my_running "$dir" || { log "MariaDB did not start; see $dir/error.log"; tail -20 "$dir/error.log" >&2; exit 1; }
     fi
-    "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot <<SQL
+    "$(my_client)" --socket="$dir/mysqld.sock" -uroot <<SQL
 DELETE FROM mysql.global_priv WHERE User='';
 FLUSH PRIVILEGES;
 CREATE USER IF NOT EXISTS 'root'@'127.0.0.1';
 GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;
+SQL
+}
+
+start_mariadb() {
+    run_mariadb "$my_dir" "$my_port" 1 --log-bin="$my_dir/data/binlog" --binlog-format=ROW \
+        --binlog-row-image=FULL --binlog-row-metadata=FULL
+    "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot <<SQL
 CREATE DATABASE IF NOT EXISTS swivel;
+CREATE DATABASE IF NOT EXISTS swivel_repl;
 SQL
     # swivel's cut-over reads who holds which metadata lock; the plugin ships with the server.
     if ! "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot -Nse \
@@ -124,22 +166,43 @@ SQL
     log "MariaDB ready: mysql://root@127.0.0.1:$my_port/swivel"
 }
 
+# A replica of the primary for database swivel_repl, started at the primary's current position.
+start_mariadb_replica() {
+    run_mariadb "$replica_dir" "$replica_port" 2 --replicate-do-db=swivel_repl \
+        --skip-slave-start
+    local sql="$(my_client) --socket=$replica_dir/mysqld.sock -uroot"
+    if ! $sql -Nse "SHOW SLAVE STATUS" | grep -q .; then
+        local file pos
+        read -r file pos < <("$(my_client)" --socket="$my_dir/mysqld.sock" -uroot -Nse "SHOW MASTER STATUS" | awk '{print $1, $2}')
+        $sql <<SQL
+CREATE DATABASE IF NOT EXISTS swivel_repl;
+CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=$my_port, MASTER_USER='root',
+    MASTER_LOG_FILE='$file', MASTER_LOG_POS=$pos;
+SQL
+    fi
+    # Running both threads, whatever a failed test left (a stopped SQL thread, say).
+    $sql -e "START SLAVE"
+    log "MariaDB (replica of $my_port, database swivel_repl) ready: mysql://root@127.0.0.1:$replica_port/swivel_repl"
+}
+
 stop_all() {
     local dir
-    for dir in "$pg_dir" "$plain_dir"; do
+    for dir in "$standby_dir" "$pg_dir" "$plain_dir"; do
         if [ -f "$dir/data/PG_VERSION" ] && pg_bin >/dev/null && pg_running "$dir"; then
             as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
             log "PostgreSQL in $dir stopped"
         fi
     done
-    if [ -f "$my_dir/mysqld.pid" ]; then
-        local pid; pid=$(cat "$my_dir/mysqld.pid")
-        kill "$pid" 2>/dev/null || true
-        local i
-        for i in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        rm -f "$my_dir/mysqld.pid"
-        log "MariaDB stopped"
-    fi
+    for dir in "$replica_dir" "$my_dir"; do
+        if [ -f "$dir/mysqld.pid" ]; then
+            local pid; pid=$(cat "$dir/mysqld.pid")
+            kill "$pid" 2>/dev/null || true
+            local i
+            for i in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+            rm -f "$dir/mysqld.pid"
+            log "MariaDB in $dir stopped"
+        fi
+    done
 }
 
 case "${1:-start}" in
@@ -151,7 +214,9 @@ case "${1:-start}" in
         flock 9
         start_pg "$pg_dir" "$pg_port" logical
         start_pg "$plain_dir" "$plain_port" replica
+        start_pg_standby
         start_mariadb
+        start_mariadb_replica
         ;;
     tools)
         need=()
@@ -166,7 +231,9 @@ case "${1:-start}" in
     status)
         if [ -f "$pg_dir/data/PG_VERSION" ] && pg_running "$pg_dir"; then echo "postgres: running on 127.0.0.1:$pg_port"; else echo "postgres: stopped"; fi
         if [ -f "$plain_dir/data/PG_VERSION" ] && pg_running "$plain_dir"; then echo "postgres (wal_level=replica): running on 127.0.0.1:$plain_port"; else echo "postgres (wal_level=replica): stopped"; fi
-        if my_running; then echo "mariadb: running on 127.0.0.1:$my_port"; else echo "mariadb: stopped"; fi
+        if [ -f "$standby_dir/data/PG_VERSION" ] && pg_running "$standby_dir"; then echo "postgres (standby): running on 127.0.0.1:$standby_port"; else echo "postgres (standby): stopped"; fi
+        if my_running "$my_dir"; then echo "mariadb: running on 127.0.0.1:$my_port"; else echo "mariadb: stopped"; fi
+        if my_running "$replica_dir"; then echo "mariadb (replica): running on 127.0.0.1:$replica_port"; else echo "mariadb (replica): stopped"; fi
         ;;
     *) echo "usage: $0 start|stop|wipe|status|tools" >&2; exit 2 ;;
 esac

@@ -583,7 +583,7 @@ async fn differential_keyed(
     let mut opts = RunOptions::new(server.dsn(), &table, alter);
     opts.execute = true;
     opts.chunk_size = 1000;
-    opts.target_chunk_time = Duration::from_millis(100);
+    opts.knobs.target_chunk_time = Duration::from_millis(100);
     // A couple of seconds of copy, so the writes meet every phase.
     opts.max_rows_per_second = Some(10_000);
     opts.cut_over_lock_timeout = Duration::from_millis(500);

@@ -158,15 +158,22 @@ async fn writer(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fault {
     None,
-    /// Kill the session holding the cut-over lock, once; the run may retry.
+    /// Kill the session holding the cut-over lock, once; the run retries. With `then_panic`,
+    /// send `panic` on the control socket right after: the run must stop and leave the
+    /// original table as the writers left it.
     KillLocker {
-        retries: u32,
+        then_panic: bool,
     },
     /// MariaDB: a session holds a metadata lock on the shadow table (an open transaction that
     /// read it) through the first cut-over attempt.
     ShadowReader,
     /// MariaDB: a session writes to the table in STATEMENT format during the copy.
     StatementWriter,
+    /// `throttle` and `no-throttle` on the control socket, turn about, through the whole run.
+    ThrottleToggle,
+    /// PostgreSQL: the heartbeat's session ended from the server side mid-copy; the run must
+    /// reconnect it (without heartbeats the lag only grows and cut-over never starts).
+    KillHeartbeat,
 }
 
 /// Wait until `table` exists (polling `db`); false if `stop` comes first.
@@ -188,9 +195,16 @@ async fn appears(db: &mut Db, table: &str, stop: &AtomicBool) -> bool {
 async fn hold_shadow(table: String, stop: Arc<AtomicBool>) -> bool {
     let mut poll = Db::connect(Server::MariaDb).await;
     let mut holder = Db::connect(Server::MariaDb).await;
-    // The changelog comes after the shadow's ALTER, which the hold would block.
-    if !appears(&mut poll, &format!("_{table}_swl"), &stop).await {
-        return false;
+    // After the shadow's ALTER (k becomes bigint), which the hold would block.
+    let altered = format!(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() \
+         AND table_name = '_{table}_new' AND column_name = 'k' AND data_type = 'bigint'"
+    );
+    while poll.rows(&altered).await.is_empty() {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     holder.exec("BEGIN").await.unwrap();
     holder
@@ -223,7 +237,12 @@ async fn statement_write(table: String, stop: Arc<AtomicBool>) -> bool {
 
 /// Kill the session that holds the cut-over lock on `table`, the first time one does; true if
 /// it did.
-async fn kill_locker(server: Server, table: String, stop: Arc<AtomicBool>) -> bool {
+async fn kill_locker(
+    server: Server,
+    table: String,
+    stop: Arc<AtomicBool>,
+    panic_socket: Option<std::path::PathBuf>,
+) -> bool {
     let mut db = Db::connect(server).await;
     let find = match server {
         // The cut-over session sits idle in its transaction after LOCK TABLE.
@@ -256,11 +275,66 @@ async fn kill_locker(server: Server, table: String, stop: Arc<AtomicBool>) -> bo
             db.exec(&kill)
                 .await
                 .expect("killing the cut-over lock session");
+            if let Some(socket) = panic_socket {
+                let reply = common::control(&socket, "panic").await;
+                assert!(reply.starts_with("panic: stopping"), "{reply}");
+            }
             return true;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     false
+}
+
+/// End swivel's heartbeat session once the copy runs; true if it did.
+async fn kill_heartbeat(stop: Arc<AtomicBool>) -> bool {
+    let mut db = Db::connect(Server::Postgres).await;
+    let find = "SELECT pid FROM pg_stat_activity WHERE application_name = 'swivel-heartbeat'";
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Some(pid) = db
+            .rows(find)
+            .await
+            .into_iter()
+            .next()
+            .and_then(|r| r[0].clone())
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            db.exec(&format!("SELECT pg_terminate_backend({pid})"))
+                .await
+                .expect("ending the heartbeat session");
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Throttle and release the run every 150ms through its control socket; true if it did.
+async fn toggle_throttle(socket: std::path::PathBuf, stop: Arc<AtomicBool>) -> bool {
+    let mut toggles = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let command = if toggles % 2 == 0 {
+            "throttle"
+        } else {
+            "no-throttle"
+        };
+        // The run may end (and its socket go away) at any moment.
+        if let Ok(mut s) = tokio::net::UnixStream::connect(&socket).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut reply = String::new();
+            if s.write_all(format!("{command}\n").as_bytes()).await.is_ok()
+                && s.shutdown().await.is_ok()
+                && s.read_to_string(&mut reply).await.is_ok()
+                && !reply.starts_with("error")
+            {
+                toggles += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    toggles > 2
 }
 
 async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
@@ -318,18 +392,20 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
     let mut opts = RunOptions::new(server.dsn(), &table, alter);
     opts.execute = true;
     opts.chunk_size = 500;
-    opts.target_chunk_time = Duration::from_millis(50);
+    opts.knobs.target_chunk_time = Duration::from_millis(50);
     opts.cut_over_lock_timeout = Duration::from_millis(500);
     opts.cut_over_retries = 30;
     let killer_stop = Arc::new(AtomicBool::new(false));
     let killer = match fault {
         Fault::None => None,
-        Fault::KillLocker { retries } => {
-            opts.cut_over_retries = retries;
+        Fault::KillLocker { then_panic } => {
+            let socket = then_panic.then(|| common::socket_path(&format!("{server:?}-{table}")));
+            opts.serve_socket_file = socket.clone();
             Some(tokio::spawn(kill_locker(
                 server,
                 table.clone(),
                 killer_stop.clone(),
+                socket,
             )))
         }
         Fault::ShadowReader => Some(tokio::spawn(hold_shadow(
@@ -340,13 +416,32 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
             table.clone(),
             killer_stop.clone(),
         ))),
+        Fault::KillHeartbeat => {
+            // A copy of a few seconds: longer than --max-lag-millis after the kill, so a run
+            // without heartbeats could never cut over.
+            opts.max_rows_per_second = Some(5000);
+            Some(tokio::spawn(kill_heartbeat(killer_stop.clone())))
+        }
+        Fault::ThrottleToggle => {
+            let socket = common::socket_path(&format!("{server:?}-{table}"));
+            opts.serve_socket_file = Some(socket.clone());
+            // Long enough a copy for the throttle to come and go many times within it.
+            opts.max_rows_per_second = Some(5000);
+            Some(tokio::spawn(toggle_throttle(socket, killer_stop.clone())))
+        }
     };
-    let outcome = swivel::run(opts, std::future::pending()).await;
+    // A run that cannot finish (a stuck cut-over, say) fails the test instead of hanging it.
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(180),
+        swivel::run(opts, std::future::pending()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{server:?} seed {seed}: the run did not finish in 180s"));
     if let Some(killer) = killer {
         killer_stop.store(true, Ordering::Relaxed);
         assert!(
             killer.await.unwrap(),
-            "{server:?} seed {seed}: the fault {fault:?} was not injected"
+            "{server:?} seed {seed}: the fault {fault:?} was not injected; the run: {outcome:?}"
         );
     }
     // Writes go on against the new table after the swap.
@@ -358,8 +453,10 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
     }
     let stats = match (fault, outcome) {
         (_, Ok(Outcome::Migrated(stats))) => Some(stats),
-        (Fault::KillLocker { retries: 0 }, Err(swivel::Error::Cutover(why))) => {
-            eprintln!("{server:?} seed {seed}: cut-over failed as expected: {why}");
+        (Fault::KillLocker { then_panic: true }, Err(swivel::Error::Interrupted(why)))
+            if why.contains("panic") =>
+        {
+            eprintln!("{server:?} seed {seed}: stopped as expected: {why}");
             None
         }
         (Fault::StatementWriter, Err(swivel::Error::Stream(why)))
@@ -447,7 +544,7 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
             stats.changes_applied > 0,
             "{server:?} seed {seed}: no change was replayed, the test proved nothing"
         );
-        if fault != Fault::None {
+        if matches!(fault, Fault::KillLocker { .. }) {
             assert!(
                 stats.cutover.attempts > 1,
                 "{server:?} seed {seed}: the killed attempt cannot have succeeded"
@@ -494,18 +591,28 @@ mod postgres {
             Server::Postgres,
             5,
             20_000,
-            Fault::KillLocker { retries: 30 },
+            Fault::KillLocker { then_panic: false },
         )
         .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn cut_over_lock_killed_leaves_the_original() {
+    async fn throttled_on_and_off() {
+        run_model(Server::Postgres, 9, 20_000, Fault::ThrottleToggle).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn heartbeat_session_killed() {
+        run_model(Server::Postgres, 10, 20_000, Fault::KillHeartbeat).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn cut_over_lock_killed_then_panic_leaves_the_original() {
         run_model(
             Server::Postgres,
             6,
             20_000,
-            Fault::KillLocker { retries: 0 },
+            Fault::KillLocker { then_panic: true },
         )
         .await;
     }
@@ -540,20 +647,31 @@ mod mariadb {
             Server::MariaDb,
             5,
             20_000,
-            Fault::KillLocker { retries: 30 },
+            Fault::KillLocker { then_panic: false },
         )
         .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn cut_over_lock_killed_leaves_the_original() {
-        run_model(Server::MariaDb, 6, 20_000, Fault::KillLocker { retries: 0 }).await;
+    async fn cut_over_lock_killed_then_panic_leaves_the_original() {
+        run_model(
+            Server::MariaDb,
+            6,
+            20_000,
+            Fault::KillLocker { then_panic: true },
+        )
+        .await;
     }
 
     /// The rename queues on the shadow table, not on the table: the attempt must not go on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn shadow_table_held_at_cut_over() {
         run_model(Server::MariaDb, 7, 20_000, Fault::ShadowReader).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn throttled_on_and_off() {
+        run_model(Server::MariaDb, 9, 20_000, Fault::ThrottleToggle).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -564,8 +682,8 @@ mod mariadb {
 
 /// A chunk of n rows ends at the n-th key in key order (ids 1..=20000: in text order the
 /// 1000th would be 10898, and chunks would hold wildly more rows than asked for).
-async fn chunks_count_rows_in_key_order<B: swivel::backend::Backend>(mut backend: B) {
-    use swivel::watermark::KeyPart;
+async fn chunks_count_rows_in_key_order<B: swivel::engine::backend::Backend>(mut backend: B) {
+    use swivel::engine::watermark::KeyPart;
     backend.plan().await.unwrap();
     backend.prepare().await.unwrap();
     let first = backend.chunk_end(None, 1000).await;
@@ -604,17 +722,15 @@ async fn chunk_test_table(server: Server) -> (Db, RunOptions) {
 
 /// Both backends, through the same checks.
 async fn chunk_test(server: Server) {
-    use std::sync::Arc;
     let (mut db, opts) = chunk_test_table(server).await;
-    let progress = Arc::new(swivel::progress::Progress::default());
-    let watermark = Arc::new(swivel::watermark::Watermark::new());
+    let shared = swivel::engine::backend::Shared::new(&opts);
     match server {
         Server::Postgres => {
-            let backend = swivel::postgres::PgBackend::connect(opts, progress, watermark);
+            let backend = swivel::postgres::PgBackend::connect(opts, shared);
             chunks_count_rows_in_key_order(backend.await.unwrap()).await
         }
         Server::MariaDb => {
-            let backend = swivel::mysql::MyBackend::connect(opts, progress, watermark);
+            let backend = swivel::mysql::MyBackend::connect(opts, shared);
             chunks_count_rows_in_key_order(backend.await.unwrap()).await
         }
     }

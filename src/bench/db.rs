@@ -16,7 +16,7 @@ pub enum Target {
 
 impl Target {
     pub fn parse(dsn: &str, password: Option<&str>) -> Result<Target> {
-        let scheme = swivel::migrate::dsn_scheme(dsn);
+        let scheme = swivel::engine::migrate::dsn_scheme(dsn);
         Ok(match scheme {
             "postgres" | "postgresql" => Target::Pg(Box::new(PgTarget::parse(dsn, password)?)),
             "mysql" | "mariadb" => Target::My(MyTarget::parse(dsn, password)?),

@@ -145,11 +145,19 @@ impl Statements {
             sql.push(';');
         }
         sql.push_str("COMMIT");
-        let result = conn.query_drop(&sql).await.my_ctx("replaying changes");
-        if result.is_err() {
+        let mut tries = 0;
+        loop {
+            let result = conn.query_drop(&sql).await.my_ctx("replaying changes");
+            let Err(e) = result else { return Ok(()) };
             let _ = conn.query_drop("ROLLBACK").await;
+            tries += 1;
+            // The batch is whole again after the rollback: replaying it in order is safe.
+            if !super::transient(&e) || tries > super::TRANSIENT_RETRIES {
+                return Err(e);
+            }
+            tracing::debug!("replaying a batch again after: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(10 * tries)).await;
         }
-        result
     }
 }
 

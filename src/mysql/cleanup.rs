@@ -2,16 +2,26 @@
 //! sentry, and the shadow table if the run failed; keep or drop the old table if it succeeded.
 
 use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+
+use std::time::Duration;
 
 use super::cutover::drop_sentry;
+use super::shadow::{CHANGELOG_COMMENT, SHADOW_RECORD_ID};
 use super::{MyBackend, MyTarget, Names};
-use crate::error::{MyContext, Result};
+use crate::engine::replay::now_micros;
+use crate::error::{Error, MyContext, Result};
 
 pub async fn after_run(b: &mut MyBackend, succeeded: bool) -> Result<()> {
     if let Some(tail) = b.tail.take() {
         tail.stop();
     }
     b.copier = None;
+    b.marker_conn = None;
+    // A stop (Ctrl-C, panic) may have cut a statement on the control session short, which
+    // leaves its protocol out of step (even a ping can pass and the next statement fail):
+    // clean up on a fresh session.
+    b.ctl = b.session("cleanup").await?;
     let own = b.ctl.id();
     if !succeeded {
         // A session of ours may still hold a lock or wait in a rename: end them first.
@@ -58,9 +68,45 @@ pub async fn cleanup_leftovers(
         None => (target.db().to_string(), table.to_string()),
     };
     let names = Names::new(&db, &table);
+    // Only what swivel made: the changelog carries swivel's comment and records the shadow.
+    let changelog = table_comment(&mut ctl, &db, &names.changelog).await?;
+    let shadow = table_comment(&mut ctl, &db, &names.shadow).await?;
+    let foreign = |name: &str| {
+        Error::refused(format!(
+            "table {db}.{name} exists but swivel did not make it (no swivel changelog records \
+             it), so swivel cleanup leaves it and everything else alone; if it is a leftover of \
+             yours, drop or rename it yourself"
+        ))
+    };
+    let mut shadow_recorded = false;
+    match changelog.as_deref() {
+        None => {}
+        Some(CHANGELOG_COMMENT) => {
+            let rows: Vec<(u32, u64)> = ctl
+                .query(format!("SELECT id, value FROM {}", names.changelog_q()))
+                .await
+                .my_ctx("reading the changelog")?;
+            let heartbeat = rows.iter().find(|(id, _)| *id == 1).map(|(_, v)| *v);
+            if let Some(sent) = heartbeat {
+                let age = Duration::from_micros(now_micros().saturating_sub(sent));
+                if age < ACTIVE_WITHIN {
+                    return Err(Error::refused(format!(
+                        "a swivel run is active on this table (its heartbeat is {:.1}s old); stop \
+                         it first (`panic` on its control socket, or Ctrl-C)",
+                        age.as_secs_f64()
+                    )));
+                }
+            }
+            shadow_recorded = rows.iter().any(|(id, _)| *id == SHADOW_RECORD_ID);
+        }
+        Some(_) => return Err(foreign(&names.changelog)),
+    }
+    if shadow.is_some() && !shadow_recorded {
+        return Err(foreign(&names.shadow));
+    }
     let mut removed = Vec::new();
-    for name in [&names.shadow, &names.changelog] {
-        if super::table_exists(&mut ctl, &db, name).await? {
+    for (name, found) in [(&names.shadow, &shadow), (&names.changelog, &changelog)] {
+        if found.is_some() {
             ctl.query_drop(format!("DROP TABLE {}", names.qualified(name)))
                 .await
                 .my_ctx(format!("dropping {name}"))?;
@@ -71,4 +117,18 @@ pub async fn cleanup_leftovers(
         removed.push(format!("table {db}.{}", names.sentry));
     }
     Ok(removed)
+}
+
+/// A run whose heartbeat is younger than this is alive (it beats every 100ms).
+const ACTIVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The comment of table `db.name`, if the table exists ("" when it has none).
+async fn table_comment(ctl: &mut Conn, db: &str, name: &str) -> Result<Option<String>> {
+    ctl.exec_first(
+        "SELECT table_comment FROM information_schema.tables \
+         WHERE table_schema = ? AND table_name = ?",
+        (db, name),
+    )
+    .await
+    .my_ctx(format!("looking for table {db}.{name}"))
 }

@@ -15,8 +15,8 @@ use mysql_async::{Params, Value};
 
 use super::values::{key_param, key_part};
 use super::{quote_ident, MyBackend};
+use crate::engine::watermark::Key;
 use crate::error::{Error, MyContext, Result};
-use crate::watermark::Key;
 
 /// `key > after` (strict) or `key <= upto` over the key columns, as SQL the optimizer turns
 /// into a range on the primary key, with its parameters.
@@ -123,17 +123,29 @@ pub async fn copy_chunk(
             .await
             .my_ctx("writing the copy barrier")?;
     }
-    copier
-        .exec_drop(sql, Params::Positional(params))
-        .await
-        .my_ctx("copying a chunk")?;
-    Ok(copier.affected_rows())
+    let mut tries = 0;
+    loop {
+        match copier
+            .exec_drop(&sql, Params::Positional(params.clone()))
+            .await
+            .my_ctx("copying a chunk")
+        {
+            Ok(()) => return Ok(copier.affected_rows()),
+            // The statement was rolled back whole: the range is still the chunk's to copy.
+            Err(e) if super::transient(&e) && tries < super::TRANSIENT_RETRIES => {
+                tries += 1;
+                tracing::debug!("copying a chunk again after: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10 * tries)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watermark::KeyPart;
+    use crate::engine::watermark::KeyPart;
 
     #[test]
     fn composite_ranges_compare_like_rows() {

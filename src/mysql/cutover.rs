@@ -22,69 +22,95 @@ use mysql_async::Conn;
 
 use super::inspect::lock_wait_secs;
 use super::{quote_ident, tail, MyBackend};
-use crate::backend::{backoff, CutoverReport};
+use crate::engine::backend::{Attempt, Blocker};
 use crate::error::{Error, MyContext, Result};
-use crate::progress::Phase;
+
+/// The sentry table's comment, by which swivel knows its own.
+const SENTRY_COMMENT: &str = "swivel cut-over sentry";
 
 /// Why a cut-over attempt gave up, leaving the original table in place.
 enum Retry {
     Because(String),
 }
 
-pub async fn run(b: &mut MyBackend) -> Result<CutoverReport> {
+/// One attempt; the original table is in place and unchanged unless it reports a swap.
+pub async fn attempt(b: &mut MyBackend, attempt: u32, lock_timeout: Duration) -> Result<Attempt> {
     let names = b.names.clone();
-    let mut marker_conn = b.session("marker").await?;
-    {
-        let tail = tail_of(b)?;
-        // Wait for the applier to catch up, so the lock is held for milliseconds, not seconds.
-        while tail.lag() > b.opts.max_lag {
-            tail.check()?;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    tail_of(b)?.check()?;
+    if b.marker_conn.is_none() {
+        b.marker_conn = Some(b.session("marker").await?);
+    }
+    let mut locker = b.session("cut-over lock").await?;
+    let renamer = b.session("cut-over rename").await?;
+    let sentry = names.qualified(&names.sentry);
+    b.ctl
+        .query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {sentry} (id INT PRIMARY KEY) ENGINE=InnoDB \
+             COMMENT='{SENTRY_COMMENT}'"
+        ))
+        .await
+        .my_ctx("creating the sentry table")?;
+    // From here until UNLOCK TABLES (or the rename) returns, writes may wait on us.
+    let requested = Instant::now();
+    let outcome = attempt_swap(b, &mut locker, renamer, attempt, lock_timeout).await;
+    // Whatever happened, A lets go: if the sentry is still there, a pending rename fails.
+    let _ = locker.query_drop("UNLOCK TABLES").await;
+    drop(locker);
+    // A lost reply (a dropped connection, a timeout) after the RENAME reached the server
+    // leaves us not knowing whether it ran: look at which table is which rather than retry
+    // into a swapped pair.
+    let outcome = match outcome {
+        Err(Retry::Because(why)) if swapped_anyway(b).await? => {
+            tracing::warn!("cut-over attempt {attempt}: {why}; but the rename did run: swapped");
+            let now = Instant::now();
+            Ok((now.duration_since(requested), now))
+        }
+        other => other,
+    };
+    match outcome {
+        Ok((lock_held, renamed_at)) => {
+            tail_of(b)?.finish();
+            // Keep the original under the same name as on PostgreSQL.
+            b.ctl
+                .query_drop(format!(
+                    "RENAME TABLE {} TO {}",
+                    names.qualified(&names.sentry),
+                    names.qualified(&names.old)
+                ))
+                .await
+                .my_ctx("renaming the original table to its kept name")?;
+            Ok(Attempt {
+                swapped: true,
+                why: String::new(),
+                lock_held,
+                stall: renamed_at.duration_since(requested),
+            })
+        }
+        Err(Retry::Because(why)) => {
+            let stall = requested.elapsed();
+            tail_of(b)?.resume(u64::from(attempt));
+            Ok(Attempt::failed(why, stall))
         }
     }
-    b.progress.set_phase(Phase::CuttingOver);
-    let attempts = b.opts.cut_over_retries + 1;
-    for attempt in 1..=attempts {
-        tail_of(b)?.check()?;
-        let mut locker = b.session("cut-over lock").await?;
-        let renamer = b.session("cut-over rename").await?;
-        let outcome = attempt_swap(b, &mut locker, renamer, &mut marker_conn, attempt).await;
-        // Whatever happened, A lets go: if the sentry is still there, a pending rename fails.
-        let _ = locker.query_drop("UNLOCK TABLES").await;
-        drop(locker);
-        match outcome {
-            Ok(lock_held) => {
-                tail_of(b)?.finish();
-                // Keep the original under the same name as on PostgreSQL.
-                b.ctl
-                    .query_drop(format!(
-                        "RENAME TABLE {} TO {}",
-                        names.qualified(&names.sentry),
-                        names.qualified(&names.old)
-                    ))
-                    .await
-                    .my_ctx("renaming the original table to its kept name")?;
-                return Ok(CutoverReport {
-                    attempts: attempt,
-                    lock_held,
-                });
-            }
-            Err(Retry::Because(why)) => {
-                tail_of(b)?.resume(u64::from(attempt));
-                tracing::warn!(
-                    "cut-over attempt {attempt}/{attempts}: {why}; the table is released and \
-                     unchanged, retrying"
-                );
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-        }
+}
+
+/// The swap happened: the shadow's name is gone and the sentry's name holds a table that is not
+/// the sentry (the original, renamed there by the RENAME).
+async fn swapped_anyway(b: &mut MyBackend) -> Result<bool> {
+    let names = b.names.clone();
+    if super::table_exists(&mut b.ctl, &names.db, &names.shadow).await? {
+        return Ok(false);
     }
-    Err(Error::Cutover(format!(
-        "no attempt of {attempts} could lock the table and drain the binlog within {:?}; the \
-         original table is untouched. Retry when the table is less busy, or raise \
-         --cut-over-lock-timeout",
-        b.opts.cut_over_lock_timeout
-    )))
+    let comment: Option<String> = b
+        .ctl
+        .exec_first(
+            "SELECT table_comment FROM information_schema.tables \
+             WHERE table_schema = ? AND table_name = ?",
+            (names.db.as_str(), names.sentry.as_str()),
+        )
+        .await
+        .my_ctx("looking at the sentry's name")?;
+    Ok(comment.is_some_and(|c| c != SENTRY_COMMENT))
 }
 
 fn tail_of(b: &MyBackend) -> Result<&tail::Tail> {
@@ -93,43 +119,29 @@ fn tail_of(b: &MyBackend) -> Result<&tail::Tail> {
         .ok_or_else(|| Error::Stream("the change stream is not running".into()))
 }
 
-/// One attempt; Ok(how long the table was locked) once the rename has run.
+/// One attempt; Ok(how long the table was locked, when the rename returned) once the rename
+/// has run.
 async fn attempt_swap(
     b: &mut MyBackend,
     locker: &mut Conn,
     mut renamer: Conn,
-    marker_conn: &mut Conn,
     attempt: u32,
-) -> std::result::Result<Duration, Retry> {
+    timeout: Duration,
+) -> std::result::Result<(Duration, Instant), Retry> {
     let names = b.names.clone();
-    let timeout = b.opts.cut_over_lock_timeout;
     let secs = lock_wait_secs(timeout);
-    let fail = |what: &str, e: Error| Retry::Because(format!("{what}: {e}"));
     let sentry = names.qualified(&names.sentry);
-
-    b.ctl
-        .query_drop(format!(
-            "CREATE TABLE IF NOT EXISTS {sentry} (id INT PRIMARY KEY) ENGINE=InnoDB \
-             COMMENT='swivel cut-over sentry'"
-        ))
-        .await
-        .my_ctx("creating the sentry table")
-        .map_err(|e| fail("creating the sentry table", e))?;
-    let lock = format!(
-        "SET SESSION lock_wait_timeout = {secs}; LOCK TABLES {} WRITE, {sentry} WRITE",
-        names.source()
-    );
-    locker
-        .query_drop(lock)
-        .await
-        .my_ctx("locking the table")
-        .map_err(|e| fail("locking the table", e))?;
+    lock_tables(b.mariadb, locker, &names, timeout).await?;
     let locked_at = Instant::now();
 
     // Every write to the table committed before this marker: once the applier reaches it,
     // the shadow table holds them all.
     let marker = u64::from(attempt);
+    let Some(marker_conn) = b.marker_conn.as_mut() else {
+        return Err(Retry::Because("the marker session is gone".into()));
+    };
     if let Err(e) = tail::emit_marker(marker_conn, &names, marker).await {
+        b.marker_conn = None;
         return Err(Retry::Because(format!("writing the marker: {e}")));
     }
     let drained = match tail_of(b) {
@@ -189,13 +201,107 @@ async fn attempt_swap(
         tracing::warn!("unlocking after the sentry was dropped: {e}");
     }
     match renaming.await {
-        Ok((Ok(()), renamed_at)) => Ok(renamed_at.duration_since(locked_at)),
+        Ok((Ok(()), renamed_at)) => Ok((renamed_at.duration_since(locked_at), renamed_at)),
         Ok((Err(e), _)) => Err(Retry::Because(format!(
             "the rename failed: {}",
             Error::my("renaming", e)
         ))),
         Err(e) => Err(Retry::Because(format!("the rename task failed: {e}"))),
     }
+}
+
+/// `LOCK TABLES t WRITE, sentry WRITE`, waiting at most `timeout`.
+///
+/// MariaDB: in slices of at most a second, each bounded by `max_statement_time` (to the
+/// millisecond; `lock_wait_timeout` takes whole seconds). A swivel killed while it waits thus
+/// leaves its lock request queued in front of the application for a second at most: the
+/// server ends the statement itself. MySQL (whose `max_execution_time` covers SELECT only):
+/// one wait under `lock_wait_timeout`, rounded up to whole seconds.
+async fn lock_tables(
+    mariadb: bool,
+    locker: &mut Conn,
+    names: &super::Names,
+    timeout: Duration,
+) -> std::result::Result<(), Retry> {
+    let lock = format!(
+        "LOCK TABLES {} WRITE, {} WRITE",
+        names.source(),
+        names.qualified(&names.sentry)
+    );
+    if !mariadb {
+        let secs = lock_wait_secs(timeout);
+        return locker
+            .query_drop(format!("SET SESSION lock_wait_timeout = {secs}; {lock}"))
+            .await
+            .my_ctx("locking the table")
+            .map_err(|e| Retry::Because(e.to_string()));
+    }
+    let until = Instant::now() + timeout;
+    loop {
+        let slice = until
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(1));
+        let locked = locker
+            .query_drop(format!(
+                "SET SESSION lock_wait_timeout = 1, max_statement_time = {:.3}; {lock}; \
+                 SET SESSION max_statement_time = 0",
+                slice.as_secs_f64()
+            ))
+            .await
+            .my_ctx("locking the table");
+        match locked {
+            Ok(()) => return Ok(()),
+            // 1969: max_statement_time; 1205: lock_wait_timeout. Another slice if time is left.
+            Err(e) if matches!(e.sqlstate(), Some("1969" | "1205")) && Instant::now() < until => {}
+            Err(e) => return Err(Retry::Because(e.to_string())),
+        }
+    }
+}
+
+/// The sessions other than ours that hold a metadata lock on the table, with their
+/// transaction's age.
+pub async fn blockers(b: &mut MyBackend) -> Result<Vec<Blocker>> {
+    let view = b
+        .lock_view
+        .ok_or_else(|| Error::Cutover("the metadata lock view was not checked".into()))?;
+    let sql = match view {
+        LockView::MetadataLockInfo => {
+            "SELECT DISTINCT m.thread_id, p.user, coalesce(p.info, ''), \
+                    TIMESTAMPDIFF(MICROSECOND, t.trx_started, NOW(6)) \
+             FROM information_schema.metadata_lock_info m \
+             JOIN information_schema.processlist p ON p.id = m.thread_id \
+             LEFT JOIN information_schema.innodb_trx t ON t.trx_mysql_thread_id = m.thread_id \
+             WHERE m.table_schema = ? AND m.table_name = ?"
+        }
+        LockView::PerformanceSchema => {
+            "SELECT DISTINCT th.processlist_id, th.processlist_user, \
+                    coalesce(th.processlist_info, ''), \
+                    TIMESTAMPDIFF(MICROSECOND, t.trx_started, NOW(6)) \
+             FROM performance_schema.metadata_locks m \
+             JOIN performance_schema.threads th ON th.thread_id = m.owner_thread_id \
+             LEFT JOIN information_schema.innodb_trx t \
+               ON t.trx_mysql_thread_id = th.processlist_id \
+             WHERE m.lock_status = 'GRANTED' AND m.object_type = 'TABLE' \
+               AND m.object_schema = ? AND m.object_name = ?"
+        }
+    };
+    let rows: Vec<(u64, Option<String>, String, Option<i64>)> = b
+        .ctl
+        .exec(sql, (b.names.db.as_str(), b.names.table.as_str()))
+        .await
+        .my_ctx("listing the sessions that hold locks on the table")?;
+    let ours = b.conn_ids.clone();
+    Ok(rows
+        .into_iter()
+        .filter(|(id, ..)| !ours.iter().any(|o| u64::from(*o) == *id))
+        .map(|(id, user, query, age)| Blocker {
+            id: id.to_string(),
+            user: user.unwrap_or_default(),
+            query,
+            transaction_age: age.map(|us| Duration::from_micros(us.max(0) as u64)),
+        })
+        .collect())
 }
 
 /// Give up an attempt before the point of no return: cancel the queued rename (were it to
@@ -341,7 +447,7 @@ pub async fn drop_sentry(ctl: &mut Conn, db: &str, sentry: &str) -> Result<bool>
         )
         .await
         .my_ctx("looking for the sentry table")?;
-    if comment.as_deref() == Some("swivel cut-over sentry") {
+    if comment.as_deref() == Some(SENTRY_COMMENT) {
         ctl.query_drop(format!(
             "DROP TABLE IF EXISTS {}.{}",
             quote_ident(db),

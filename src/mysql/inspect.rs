@@ -6,7 +6,7 @@ use mysql_async::prelude::Queryable;
 
 use super::values::Kind;
 use super::MyBackend;
-use crate::backend::PlanReport;
+use crate::engine::backend::PlanReport;
 use crate::error::{Error, MyContext, Result};
 
 #[derive(Clone, Debug)]
@@ -220,7 +220,8 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
             let what = if leftover == &names.old {
                 "the table a swap would rename the original to: drop or rename it first"
             } else {
-                "a leftover of an earlier run: remove it with `swivel cleanup`"
+                "a leftover of an earlier run: remove it with `swivel cleanup` (it removes only \
+                 what swivel made: a table of yours by that name you must rename or drop yourself)"
             };
             return Err(Error::refused(format!("{db}.{leftover} exists, {what}")));
         }
@@ -468,13 +469,13 @@ pub async fn run_metadata_only(b: &mut MyBackend) -> Result<bool> {
                 if e.code == 1205 && attempt <= b.opts.cut_over_retries =>
             {
                 tracing::warn!("lock wait timed out (attempt {attempt}); retrying");
-                tokio::time::sleep(crate::backend::backoff(attempt)).await;
+                tokio::time::sleep(crate::engine::backend::backoff(attempt)).await;
             }
             Err(e) => return Err(Error::my("running the change", e)),
         }
     }
     let now = shape(&mut b.ctl, &b.names.source()).await?;
-    crate::backend::verify_direct_change(b.expected_shape.as_deref(), &now)?;
+    crate::engine::backend::verify_direct_change(b.expected_shape.as_deref(), &now)?;
     Ok(true)
 }
 

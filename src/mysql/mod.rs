@@ -8,6 +8,7 @@ mod conn;
 mod copy;
 mod cutover;
 pub mod inspect;
+mod probe;
 pub mod shadow;
 mod tail;
 pub mod values;
@@ -16,12 +17,15 @@ use std::sync::Arc;
 
 use mysql_async::Conn;
 
-use crate::backend::{Backend, CutoverReport, PlanReport};
-use crate::error::{Error, Result};
+use std::time::Duration;
+
+use crate::control::Steering;
+use crate::engine::backend::{Attempt, Backend, Blocker, PlanReport, Shared};
+use crate::engine::plan::{parse_alter, AlterSpec};
+use crate::engine::progress::Progress;
+use crate::engine::watermark::{Key, Watermark};
+use crate::error::{Error, MyContext, Result};
 use crate::options::RunOptions;
-use crate::plan::{parse_alter, AlterSpec};
-use crate::progress::Progress;
-use crate::watermark::{Key, Watermark};
 
 pub use cleanup::cleanup_leftovers;
 pub use conn::MyTarget;
@@ -32,6 +36,18 @@ use tail::Tail;
 /// `` `name` ``, doubling embedded backticks.
 pub fn quote_ident(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
+}
+
+/// How often a statement InnoDB rolled back as a deadlock victim or after a lock wait timeout
+/// is run again before the run gives up.
+pub const TRANSIENT_RETRIES: u64 = 10;
+
+/// InnoDB ends one side of a deadlock (1213), or a lock wait past `innodb_lock_wait_timeout`
+/// (1205), by rolling the statement or transaction back: it can simply run again. The copier and
+/// the applier touch the same unique indexes of the shadow table, so their gap locks can
+/// deadlock now and then (seen in the model test).
+pub fn transient(e: &Error) -> bool {
+    matches!(e.sqlstate(), Some("1213" | "1205"))
 }
 
 /// Whether table `db.name` exists.
@@ -106,6 +122,7 @@ pub struct MyBackend {
     conn_ids: Vec<u32>,
     progress: Arc<Progress>,
     watermark: Arc<Watermark>,
+    steering: Arc<Steering>,
     names: Names,
     table: Option<TableInfo>,
     shadow: Option<ShadowInfo>,
@@ -120,14 +137,12 @@ pub struct MyBackend {
     binlog_status: &'static str,
     /// Where cut-over reads metadata locks (checked before anything is created).
     lock_view: Option<cutover::LockView>,
+    /// The session cut-over writes its markers with, kept across attempts.
+    marker_conn: Option<Conn>,
 }
 
 impl MyBackend {
-    pub async fn connect(
-        opts: RunOptions,
-        progress: Arc<Progress>,
-        watermark: Arc<Watermark>,
-    ) -> Result<Self> {
+    pub async fn connect(opts: RunOptions, shared: Shared) -> Result<Self> {
         let alter = parse_alter(&sqlparser::dialect::MySqlDialect {}, &opts.alter, false)?;
         let target = MyTarget::parse(&opts.dsn, opts.password.as_deref())?;
         if target.url_has_password {
@@ -148,8 +163,9 @@ impl MyBackend {
             alter,
             ctl,
             conn_ids,
-            progress,
-            watermark,
+            progress: shared.progress,
+            watermark: shared.watermark,
+            steering: shared.steering,
             names: Names::new(&db, &table),
             table: None,
             shadow: None,
@@ -160,6 +176,7 @@ impl MyBackend {
             mariadb: false,
             binlog_status: "SHOW MASTER STATUS",
             lock_view: None,
+            marker_conn: None,
         })
     }
 
@@ -184,6 +201,8 @@ impl MyBackend {
 }
 
 impl Backend for MyBackend {
+    type Probe = probe::MyProbe;
+
     async fn plan(&mut self) -> Result<PlanReport> {
         inspect::plan(self).await
     }
@@ -227,8 +246,36 @@ impl Backend for MyBackend {
         }
     }
 
-    async fn cutover(&mut self) -> Result<CutoverReport> {
-        cutover::run(self).await
+    fn lag(&self) -> Duration {
+        self.tail.as_ref().map_or(Duration::ZERO, |t| t.lag())
+    }
+
+    async fn cutover_attempt(&mut self, attempt: u32, lock_timeout: Duration) -> Result<Attempt> {
+        cutover::attempt(self, attempt, lock_timeout).await
+    }
+
+    async fn blockers(&mut self) -> Result<Vec<Blocker>> {
+        cutover::blockers(self).await
+    }
+
+    async fn kill_blocker(&mut self, blocker: &Blocker) -> Result<()> {
+        use mysql_async::prelude::Queryable;
+        let id: u64 = blocker
+            .id
+            .parse()
+            .map_err(|_| Error::Stream(format!("`{}` is not a connection id", blocker.id)))?;
+        self.ctl
+            .query_drop(format!("KILL {id}"))
+            .await
+            .my_ctx("ending a session in cut-over's way")
+    }
+
+    fn probe(&self) -> Result<Self::Probe> {
+        Ok(probe::MyProbe::new(
+            self.target.clone(),
+            self.opts.password.clone(),
+            self.names.clone(),
+        ))
     }
 
     async fn cleanup(&mut self, succeeded: bool) -> Result<()> {

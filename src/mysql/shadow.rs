@@ -33,8 +33,23 @@ impl ShadowInfo {
     }
 }
 
+/// The changelog table's comment: the mark of swivel's own tables.
+pub const CHANGELOG_COMMENT: &str = "swivel changelog";
+/// The changelog row that records that swivel made the shadow table.
+pub const SHADOW_RECORD_ID: u32 = 4;
+
 pub async fn create(b: &mut MyBackend) -> Result<()> {
     let names = b.names.clone();
+    // The changelog first: it carries swivel's mark (its comment) and then the record that
+    // swivel made the shadow, so `swivel cleanup` never drops a user's table of that name.
+    b.ctl
+        .query_drop(format!(
+            "CREATE TABLE {} (id INT UNSIGNED PRIMARY KEY, hint VARCHAR(64) NOT NULL, \
+             value BIGINT NOT NULL) ENGINE=InnoDB COMMENT='{CHANGELOG_COMMENT}'",
+            names.changelog_q()
+        ))
+        .await
+        .my_ctx("creating the changelog table")?;
     b.ctl
         .query_drop(format!(
             "CREATE TABLE {} LIKE {}",
@@ -46,20 +61,19 @@ pub async fn create(b: &mut MyBackend) -> Result<()> {
     b.created_shadow = true;
     b.ctl
         .query_drop(format!(
+            "REPLACE INTO {} (id, hint, value) VALUES ({SHADOW_RECORD_ID}, 'shadow made', 0)",
+            names.changelog_q()
+        ))
+        .await
+        .my_ctx("recording the shadow table in the changelog")?;
+    b.ctl
+        .query_drop(format!(
             "ALTER TABLE {} {}",
             names.shadow_q(),
             b.alter.actions
         ))
         .await
         .my_ctx("altering the shadow table")?;
-    b.ctl
-        .query_drop(format!(
-            "CREATE TABLE {} (id INT UNSIGNED PRIMARY KEY, hint VARCHAR(64) NOT NULL, \
-             value BIGINT NOT NULL) ENGINE=InnoDB COMMENT='swivel changelog'",
-            names.changelog_q()
-        ))
-        .await
-        .my_ctx("creating the changelog table")?;
 
     let shadow_columns: Vec<(String, String)> = b
         .ctl
@@ -81,7 +95,7 @@ pub async fn create(b: &mut MyBackend) -> Result<()> {
     };
     let table = b.table()?;
     if !b.alter.parsed() {
-        crate::plan::refuse_ambiguous_renames(
+        crate::engine::plan::refuse_ambiguous_renames(
             table.columns.iter().map(|c| c.name.as_str()),
             shadow_columns.iter().map(|(c, _)| c.clone()),
         )?;

@@ -22,12 +22,12 @@ use super::apply::{Change, Statements};
 use super::inspect::TableInfo;
 use super::values::key_part;
 use super::{MyBackend, Names};
+use crate::control::Steering;
+use crate::engine::progress::Progress;
+use crate::engine::replay::{now_micros, Router, TailState};
+use crate::engine::watermark::Key;
 use crate::error::{Error, MyContext, Result};
-use crate::progress::Progress;
-use crate::replay::{now_micros, Router, TailState};
-use crate::watermark::Key;
 
-const BATCH: usize = 2000;
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// Changelog rows: one per purpose, replaced in place.
@@ -144,6 +144,12 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
             .await
             .my_ctx("declaring the replica's capabilities")?;
     }
+    // While throttled the applier reads nothing and the server's writes to this connection
+    // block; with the default net_write_timeout (60s) the server would drop a replica paused
+    // for a minute. The dump thread runs in this session, so its timeout is ours to set.
+    conn.query_drop("SET SESSION net_write_timeout = 31536000")
+        .await
+        .my_ctx("letting the binlog stream wait while throttled")?;
     let stream = conn
         .get_binlog_stream(
             BinlogStreamRequest::new(server_id())
@@ -176,6 +182,7 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
         names: names.clone(),
         router: Router::new(b.watermark.clone()),
         progress: b.progress.clone(),
+        steering: b.steering.clone(),
         state: state.clone(),
         control: control_rx,
         txn: 0,
@@ -183,6 +190,7 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
     };
     let applier = tokio::spawn(applier.run());
     let heartbeat = tokio::spawn(heartbeat(
+        b.target.clone(),
         heartbeat_conn,
         names,
         state.clone(),
@@ -197,12 +205,25 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
     Ok(())
 }
 
-async fn heartbeat(mut conn: Conn, names: Names, state: Arc<TailState>, progress: Arc<Progress>) {
+/// Write a heartbeat every [`HEARTBEAT`]. A failed write is tried again on a fresh session
+/// (a heartbeat is safe to retry): without heartbeats the lag would only grow, and cut-over
+/// would wait for ever.
+async fn heartbeat(
+    target: super::MyTarget,
+    mut conn: Conn,
+    names: Names,
+    state: Arc<TailState>,
+    progress: Arc<Progress>,
+) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tick.tick().await;
         if let Err(e) = emit(&mut conn, &names, HEARTBEAT_ID, "heartbeat", now_micros()).await {
             tracing::warn!("heartbeat failed: {e}");
+            match target.connect("heartbeat").await {
+                Ok(fresh) => conn = fresh,
+                Err(e) => tracing::warn!("reconnecting the heartbeat: {e}"),
+            }
         }
         progress
             .lag_ms
@@ -226,6 +247,7 @@ struct Applier {
     names: Names,
     router: Router<Change>,
     progress: Arc<Progress>,
+    steering: Arc<Steering>,
     state: Arc<TailState>,
     control: watch::Receiver<Control>,
     /// Transactions seen (BEGIN events), to tell the watermark which one a discard came from.
@@ -243,6 +265,12 @@ impl Applier {
 
     async fn stream_events(&mut self) -> Result<()> {
         loop {
+            if self.steering.replay_paused() {
+                // Throttled: read nothing; the binlog waits on the server.
+                self.flush().await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let event =
                 match tokio::time::timeout(Duration::from_millis(20), self.stream.next()).await {
                     Err(_) => {
@@ -313,7 +341,7 @@ impl Applier {
                 },
                 _ => {}
             }
-            if self.router.batch().len() >= BATCH {
+            if self.router.batch().len() >= self.steering.dml_batch_size() {
                 self.flush().await?;
             }
         }
@@ -448,6 +476,10 @@ impl Applier {
             _ => return Ok(true),
         };
         if id == u64::from(HEARTBEAT_ID) {
+            // Apply what came before it first: the lag it measures is then the applier's, and
+            // a steady trickle of changes (never idle for the idle flush) is applied promptly.
+            self.router.release_held();
+            self.flush().await?;
             self.state.saw_heartbeat(value, &self.progress);
         } else if id == u64::from(MARKER_ID) {
             self.router.release_held();

@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use mysql_async::Value;
 
-use crate::watermark::KeyPart;
+use crate::engine::watermark::KeyPart;
 
 /// How a column's binlog values are replayed: decoded by the *source* column's definition and
 /// written as a value of the source's type, so that the server converts it into the shadow's

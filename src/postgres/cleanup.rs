@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
+use super::shadow::shadow_marker;
 use super::{quote_ident, Names, PgBackend, PgTarget};
 use crate::error::{Error, PgContext, Result};
 
@@ -136,6 +137,25 @@ pub async fn cleanup_leftovers(
             "a swivel run is active on this table (replication session pid {pid}); stop it first"
         )));
     }
+    // Only what swivel made: a table named like the shadow without swivel's mark is a user's.
+    let shadow: Option<(String, Option<String>)> = client
+        .query_opt(
+            "SELECT c::text, obj_description(c, 'pg_class') FROM to_regclass($1) c WHERE c IS NOT NULL",
+            &[&names.shadow_q()],
+        )
+        .await
+        .ctx("looking for the shadow table")?
+        .map(|r| (r.get(0), r.get(1)));
+    if let Some((_, comment)) = &shadow {
+        if comment.as_deref() != Some(shadow_marker(row.get(0)).as_str()) {
+            return Err(Error::refused(format!(
+                "table {} exists but swivel did not make it (it lacks swivel's comment), so \
+                 swivel cleanup leaves it and everything else alone; if it is a leftover of \
+                 yours, drop or rename it yourself",
+                names.shadow_q()
+            )));
+        }
+    }
     let mut removed = Vec::new();
     let slots: i64 = client
         .query_one(
@@ -167,11 +187,6 @@ pub async fn cleanup_leftovers(
             .ctx("dropping the publication")?;
         removed.push(format!("publication {}", names.publication));
     }
-    let shadow: Option<String> = client
-        .query_one("SELECT to_regclass($1)::text", &[&names.shadow_q()])
-        .await
-        .ctx("looking for the shadow table")?
-        .get(0);
     if shadow.is_some() {
         drop_shadow(&client, &names).await?;
         removed.push(format!("table {}", names.shadow_q()));

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use super::PgBackend;
+use crate::engine::watermark::Key;
 use crate::error::{Error, PgContext, Result};
-use crate::watermark::Key;
 
 fn key_texts(key: Option<&Key>) -> Vec<String> {
     key.map(|k| k.iter().map(|p| p.to_sql_text()).collect())

@@ -6,107 +6,105 @@
 //! their unchanged TOASTed values. Any failure rolls back: the original table stays in place.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
 use super::{quote_ident, Names, PgBackend};
-use crate::backend::backoff;
-use crate::backend::CutoverReport;
+use crate::engine::backend::Attempt;
 use crate::error::{Error, PgContext, Result};
-use crate::progress::Phase;
 
-pub async fn run(b: &mut PgBackend) -> Result<CutoverReport> {
+/// One attempt; the original table is in place and unchanged unless it reports a swap.
+pub async fn attempt(b: &mut PgBackend, attempt: u32, lock_timeout: Duration) -> Result<Attempt> {
     let names = b.names()?.clone();
-    let (mut client, pid) = b.target.connect("cutover").await?;
-    b.pids.push(pid);
-    let (marker_client, pid) = b.target.connect("marker").await?;
-    b.pids.push(pid);
+    let (client, marker_client) = sessions(b).await?;
     let swap = swap_statements(&client, b, &names).await?;
     let tail = b
         .tail
         .as_ref()
         .ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
-
-    // Wait for the applier to catch up, so the lock is held for milliseconds, not seconds.
-    while tail.lag() > b.opts.max_lag {
-        tail.check()?;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    b.progress.set_phase(Phase::CuttingOver);
-    let timeout_ms = b.opts.cut_over_lock_timeout.as_millis();
-    let attempts = b.opts.cut_over_retries + 1;
-    for attempt in 1..=attempts {
-        tail.check()?;
-        if client.is_closed() {
-            // The last attempt's session died (killed, network): its locks died with it.
-            let (fresh, pid) = b.target.connect("cutover").await?;
-            b.pids.push(pid);
-            client = fresh;
+    tail.check()?;
+    let timeout_ms = lock_timeout.as_millis();
+    client
+        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout_ms}ms'"))
+        .await
+        .ctx("starting the cut-over")?;
+    // From here until COMMIT or ROLLBACK returns, writes to the table may wait on us.
+    let requested = Instant::now();
+    let locked = client
+        .batch_execute(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", names.source()))
+        .await
+        .ctx("locking the table");
+    let lock_started = Instant::now();
+    let why = match locked {
+        Err(e) if e.sqlstate() == Some("55P03") => format!("lock wait exceeded {timeout_ms}ms"),
+        Err(e) if client.is_closed() => format!("the session was lost ({e})"),
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
         }
-        client
-            .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout_ms}ms'"))
-            .await
-            .ctx("starting the cut-over")?;
-        let locked = client
-            .batch_execute(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", names.source()))
-            .await
-            .ctx("locking the table");
-        let lock_started = Instant::now();
-        let why = match locked {
-            Err(e) if e.sqlstate() == Some("55P03") => format!("lock wait exceeded {timeout_ms}ms"),
-            Err(e) if client.is_closed() => format!("the session was lost ({e})"),
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-            Ok(()) => {
-                // Every write to the table committed before this message: once the applier
-                // reaches it, the shadow table holds them all.
-                let marker = u64::from(attempt);
-                super::tail::emit(&marker_client, tail.prefix(), &format!("cutover:{marker}"))
-                    .await?;
-                if tail
-                    .wait_marker(marker, b.opts.cut_over_lock_timeout)
-                    .await?
-                {
-                    let swapped = client.batch_execute(&swap).await.ctx("swapping the tables");
-                    match swapped {
-                        Ok(()) => {
-                            client
-                                .batch_execute("COMMIT")
-                                .await
-                                .ctx("committing the cut-over")?;
-                            return Ok(CutoverReport {
-                                attempts: attempt,
-                                lock_held: lock_started.elapsed(),
-                            });
-                        }
-                        Err(e) if e.sqlstate() == Some("55P03") => {
-                            format!("the rename's lock wait exceeded {timeout_ms}ms")
-                        }
-                        Err(e) if client.is_closed() => {
-                            format!("the session was lost before the swap ({e})")
-                        }
-                        Err(e) => {
-                            let _ = client.batch_execute("ROLLBACK").await;
-                            return Err(e);
-                        }
+        Ok(()) => {
+            // Every write to the table committed before this message: once the applier
+            // reaches it, the shadow table holds them all.
+            let marker = u64::from(attempt);
+            super::tail::emit(&marker_client, tail.prefix(), &format!("cutover:{marker}")).await?;
+            if tail.wait_marker(marker, lock_timeout).await? {
+                let swapped = client.batch_execute(&swap).await.ctx("swapping the tables");
+                match swapped {
+                    Ok(()) => {
+                        client
+                            .batch_execute("COMMIT")
+                            .await
+                            .ctx("committing the cut-over")?;
+                        return Ok(Attempt {
+                            swapped: true,
+                            why: String::new(),
+                            lock_held: lock_started.elapsed(),
+                            stall: requested.elapsed(),
+                        });
                     }
-                } else {
-                    format!("the applier did not drain within {timeout_ms}ms")
+                    Err(e) if e.sqlstate() == Some("55P03") => {
+                        format!("the rename's lock wait exceeded {timeout_ms}ms")
+                    }
+                    Err(e) if client.is_closed() => {
+                        format!("the session was lost before the swap ({e})")
+                    }
+                    Err(e) => {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                        return Err(e);
+                    }
                 }
+            } else {
+                format!("the applier did not drain within {timeout_ms}ms")
             }
-        };
-        let _ = client.batch_execute("ROLLBACK").await;
-        tracing::warn!(
-            "cut-over attempt {attempt}/{attempts}: {why}; the table is released, retrying"
-        );
-        tokio::time::sleep(backoff(attempt)).await;
+        }
+    };
+    let _ = client.batch_execute("ROLLBACK").await;
+    Ok(Attempt::failed(why, requested.elapsed()))
+}
+
+/// The cut-over's two sessions (lock and swap; marker), opened again if the last attempt's
+/// died (killed, network): its locks died with it.
+async fn sessions(b: &mut PgBackend) -> Result<(Arc<Client>, Arc<Client>)> {
+    if let Some((c, m)) = &b.cutover_sessions {
+        if !c.is_closed() && !m.is_closed() {
+            return Ok((c.clone(), m.clone()));
+        }
     }
-    Err(Error::Cutover(format!(
-        "no attempt of {attempts} could lock the table and drain the stream within {timeout_ms}ms; the original table is untouched. Retry when the table is less busy, or raise --cut-over-lock-timeout"
-    )))
+    let (client, pid) = b.target.connect("cutover").await?;
+    b.pids.push(pid);
+    // If swivel dies while this session waits for its lock, the server notices within a
+    // second (PostgreSQL 14+) instead of leaving the request queued in front of the
+    // application's writes until lock_timeout. Older servers lack the setting: ignore.
+    let _ = client
+        .batch_execute("SET client_connection_check_interval = 1000")
+        .await;
+    let (marker, pid) = b.target.connect("marker").await?;
+    b.pids.push(pid);
+    let sessions = (Arc::new(client), Arc::new(marker));
+    b.cutover_sessions = Some(sessions.clone());
+    Ok(sessions)
 }
 
 /// Fit a name into PostgreSQL's 63 bytes.
@@ -217,6 +215,19 @@ async fn swap_statements(client: &Client, b: &PgBackend, names: &Names) -> Resul
         }
     }
 
+    // The shadow carries swivel's marker comment: the new table gets the source's back.
+    let comment: Option<String> = client
+        .query_one("SELECT obj_description($1, 'pg_class')", &[&table.oid])
+        .await
+        .ctx("reading the table's comment")?
+        .get(0);
+    sql.push(format!(
+        "COMMENT ON TABLE {} IS {}",
+        names.shadow_q(),
+        comment
+            .as_deref()
+            .map_or("NULL".into(), super::quote_literal)
+    ));
     sql.push(format!(
         "ALTER TABLE {} RENAME TO {}",
         names.source(),

@@ -4,9 +4,9 @@
 use tokio_postgres::Client;
 
 use super::{quote_ident, shadow, Names, PgBackend};
-use crate::backend::PlanReport;
+use crate::engine::backend::PlanReport;
+use crate::engine::watermark::{Key, KeyPart};
 use crate::error::{Error, PgContext, Result};
-use crate::watermark::{Key, KeyPart};
 
 /// How a key column's values are ordered and compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,7 +284,7 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
     }
     if !leftovers.is_empty() {
         return refuse(format!(
-            "leftovers of an earlier run exist ({}); if no swivel run is active on this table, remove them with `swivel cleanup --dsn … --table {}`",
+            "leftovers of an earlier run exist ({}); if no swivel run is active on this table, remove them with `swivel cleanup --dsn … --table {}` (it removes only what swivel made: a table of yours by that name you must rename or drop yourself)",
             leftovers.join(", "), b.opts.table));
     }
 
@@ -364,9 +364,9 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
         );
     } else {
         lines.push(format!(
-            "plan: shadow table {}, publication and temporary slot {}, copy {} columns in key order, replay changes, swap names under lock_timeout {}ms ({} retries)",
+            "plan: shadow table {}, publication and temporary slot {}, copy {} columns in key order, replay changes, swap names under lock_timeout {}ms per attempt",
             names.shadow_q(), names.slot, shadow_info.targets.len(),
-            b.opts.cut_over_lock_timeout.as_millis(), b.opts.cut_over_retries
+            b.opts.cut_over_lock_timeout.as_millis()
         ));
         if !shadow_info.uniques.is_empty() {
             lines.push(format!(
@@ -417,11 +417,11 @@ pub async fn run_metadata_only(b: &mut PgBackend) -> Result<bool> {
                     return Err(e);
                 }
                 tracing::warn!("lock wait timed out (attempt {attempt}); retrying");
-                tokio::time::sleep(crate::backend::backoff(attempt)).await;
+                tokio::time::sleep(crate::engine::backend::backoff(attempt)).await;
             }
         }
     }
     let now = shadow::shape(&b.ctl, &source).await?;
-    crate::backend::verify_direct_change(b.expected_shape.as_deref(), &now)?;
+    crate::engine::backend::verify_direct_change(b.expected_shape.as_deref(), &now)?;
     Ok(true)
 }

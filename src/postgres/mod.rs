@@ -8,6 +8,7 @@ mod copy;
 mod cutover;
 mod inspect;
 pub mod pgoutput;
+mod probe;
 mod shadow;
 mod tail;
 
@@ -15,12 +16,15 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
-use crate::backend::{Backend, CutoverReport, PlanReport};
-use crate::error::{Error, Result};
+use std::time::Duration;
+
+use crate::control::Steering;
+use crate::engine::backend::{Attempt, Backend, Blocker, PlanReport, Shared};
+use crate::engine::plan::{parse_alter, AlterSpec};
+use crate::engine::progress::Progress;
+use crate::engine::watermark::{Key, Watermark};
+use crate::error::{Error, PgContext, Result};
 use crate::options::RunOptions;
-use crate::plan::{parse_alter, AlterSpec};
-use crate::progress::Progress;
-use crate::watermark::{Key, Watermark};
 
 pub use cleanup::cleanup_leftovers;
 pub use conn::PgTarget;
@@ -95,6 +99,7 @@ pub struct PgBackend {
     pids: Vec<i32>,
     progress: Arc<Progress>,
     watermark: Arc<Watermark>,
+    steering: Arc<Steering>,
     table: Option<TableInfo>,
     names: Option<Names>,
     shadow: Option<ShadowInfo>,
@@ -106,14 +111,12 @@ pub struct PgBackend {
     deferred_indexes: Vec<String>,
     /// The table's columns and constraints after the ALTER, as the plan's trial showed them.
     expected_shape: Option<String>,
+    /// Cut-over's lock-and-swap session and its marker session, kept across attempts.
+    cutover_sessions: Option<(Arc<Client>, Arc<Client>)>,
 }
 
 impl PgBackend {
-    pub async fn connect(
-        opts: RunOptions,
-        progress: Arc<Progress>,
-        watermark: Arc<Watermark>,
-    ) -> Result<Self> {
+    pub async fn connect(opts: RunOptions, shared: Shared) -> Result<Self> {
         if opts.dsn.contains('@') && has_url_password(&opts.dsn) {
             tracing::warn!(
                 "the connection URL holds a password, which other users can see in the process \
@@ -129,8 +132,9 @@ impl PgBackend {
             alter,
             ctl,
             pids: vec![pid],
-            progress,
-            watermark,
+            progress: shared.progress,
+            watermark: shared.watermark,
+            steering: shared.steering,
             table: None,
             names: None,
             shadow: None,
@@ -140,6 +144,7 @@ impl PgBackend {
             created_publication: false,
             deferred_indexes: Vec::new(),
             expected_shape: None,
+            cutover_sessions: None,
         })
     }
 
@@ -170,6 +175,8 @@ fn has_url_password(dsn: &str) -> bool {
 }
 
 impl Backend for PgBackend {
+    type Probe = probe::PgProbe;
+
     async fn plan(&mut self) -> Result<PlanReport> {
         inspect::plan(self).await
     }
@@ -211,8 +218,60 @@ impl Backend for PgBackend {
         }
     }
 
-    async fn cutover(&mut self) -> Result<CutoverReport> {
-        cutover::run(self).await
+    fn lag(&self) -> Duration {
+        self.tail.as_ref().map_or(Duration::ZERO, |t| t.lag())
+    }
+
+    async fn cutover_attempt(&mut self, attempt: u32, lock_timeout: Duration) -> Result<Attempt> {
+        cutover::attempt(self, attempt, lock_timeout).await
+    }
+
+    async fn blockers(&mut self) -> Result<Vec<Blocker>> {
+        let oid = self.table()?.oid;
+        let rows = self
+            .ctl
+            .query(
+                "SELECT DISTINCT a.pid, coalesce(a.usename::text, ''), coalesce(a.query, ''),
+                        extract(epoch FROM now() - a.xact_start)::float8
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype = 'relation' AND l.relation = $1 AND l.granted
+                   AND NOT a.pid = ANY($2)",
+                &[&oid, &self.pids],
+            )
+            .await
+            .ctx("listing the sessions that hold locks on the table")?;
+        Ok(rows
+            .iter()
+            .map(|r| Blocker {
+                id: r.get::<_, i32>(0).to_string(),
+                user: r.get(1),
+                query: r.get(2),
+                transaction_age: r
+                    .get::<_, Option<f64>>(3)
+                    .map(|s| Duration::from_secs_f64(s.max(0.0))),
+            })
+            .collect())
+    }
+
+    async fn kill_blocker(&mut self, blocker: &Blocker) -> Result<()> {
+        let pid: i32 = blocker
+            .id
+            .parse()
+            .map_err(|_| Error::Stream(format!("`{}` is not a backend pid", blocker.id)))?;
+        self.ctl
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .ctx("ending a session in cut-over's way")?;
+        Ok(())
+    }
+
+    fn probe(&self) -> Result<Self::Probe> {
+        let slot = self.names()?.slot.clone();
+        Ok(probe::PgProbe::new(
+            self.target.clone(),
+            self.opts.password.clone(),
+            slot,
+        ))
     }
 
     async fn cleanup(&mut self, succeeded: bool) -> Result<()> {

@@ -7,8 +7,8 @@ use tokio_postgres::Client;
 
 use super::inspect::TableInfo;
 use super::{quote_ident, Names, PgBackend};
+use crate::engine::plan::AlterSpec;
 use crate::error::{Error, PgContext, Result};
-use crate::plan::AlterSpec;
 
 /// How rows of the source map onto the shadow table.
 #[derive(Clone, Debug)]
@@ -129,7 +129,7 @@ pub async fn build(
         .map(|(c, e)| (c.as_str(), e.as_str()))
         .collect();
     if !alter.parsed() {
-        crate::plan::refuse_ambiguous_renames(
+        crate::engine::plan::refuse_ambiguous_renames(
             table.columns.iter().map(|c| c.name.as_str()),
             rows.iter().map(|r| r.get::<_, String>(0)),
         )?;
@@ -217,6 +217,11 @@ pub async fn build(
     })
 }
 
+/// The comment that marks a shadow table as made by swivel for the table with `oid`.
+pub fn shadow_marker(oid: u32) -> String {
+    format!("swivel shadow table of oid {oid}; swivel cleanup drops it")
+}
+
 /// Create the shadow table for real, with the source's owner and grants.
 pub async fn create(b: &mut PgBackend) -> Result<()> {
     let names = b.names()?.clone();
@@ -226,6 +231,15 @@ pub async fn create(b: &mut PgBackend) -> Result<()> {
     b.created_shadow = true;
     let info = info?;
     let shadow = names.shadow_q();
+    // Marks the table as swivel's, so `swivel cleanup` never drops a user's table of that name;
+    // cut-over gives the new table the source's comment back.
+    b.ctl
+        .batch_execute(&format!(
+            "COMMENT ON TABLE {shadow} IS {}",
+            super::quote_literal(&shadow_marker(table.oid))
+        ))
+        .await
+        .ctx("marking the shadow table as swivel's")?;
     let row = b
         .ctl
         .query_one(

@@ -16,11 +16,11 @@ use super::apply::{Change, Statements};
 use super::inspect::TableInfo;
 use super::pgoutput::{self, Message, Tuple, Value};
 use super::PgBackend;
+use crate::control::Steering;
+use crate::engine::progress::Progress;
+use crate::engine::replay::{now_micros, Router, TailState};
 use crate::error::{Error, PgContext, Result};
-use crate::progress::Progress;
-use crate::replay::{now_micros, Router, TailState};
 
-const BATCH: usize = 2000;
 const HEARTBEAT: Duration = Duration::from_millis(200);
 
 pub struct Tail {
@@ -116,6 +116,7 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         table,
         router: Router::new(b.watermark.clone()),
         progress: b.progress.clone(),
+        steering: b.steering.clone(),
         shared: shared.clone(),
         prefix: prefix.clone(),
         xid: 0,
@@ -125,6 +126,7 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
     };
     let applier = tokio::spawn(applier.run());
     let heartbeat = tokio::spawn(heartbeat(
+        b.target.clone(),
         heartbeat_client,
         prefix.clone(),
         shared.clone(),
@@ -139,8 +141,11 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
     Ok(())
 }
 
+/// Emit a heartbeat every [`HEARTBEAT`]. A lost session is opened again (a heartbeat is safe to
+/// retry): without heartbeats the lag would only grow, and cut-over would wait for ever.
 async fn heartbeat(
-    client: Client,
+    target: super::PgTarget,
+    mut client: Client,
     prefix: String,
     shared: Arc<TailState>,
     progress: Arc<Progress>,
@@ -150,6 +155,12 @@ async fn heartbeat(
         tick.tick().await;
         if let Err(e) = emit(&client, &prefix, &format!("hb:{}", now_micros())).await {
             tracing::warn!("heartbeat failed: {e}");
+            if client.is_closed() {
+                match target.connect("heartbeat").await {
+                    Ok((fresh, _)) => client = fresh,
+                    Err(e) => tracing::warn!("reconnecting the heartbeat: {e}"),
+                }
+            }
         }
         progress
             .lag_ms
@@ -179,6 +190,7 @@ struct Applier {
     table: TableInfo,
     router: Router<Change>,
     progress: Arc<Progress>,
+    steering: Arc<Steering>,
     shared: Arc<TailState>,
     prefix: String,
     /// The transaction being received.
@@ -198,6 +210,14 @@ impl Applier {
 
     async fn stream(&mut self) -> Result<()> {
         loop {
+            if self.steering.replay_paused() {
+                // Throttled: read nothing, so the server keeps the WAL (the throttler bounds
+                // how much) and the replica load stays where the operator wants it. The
+                // replication client keeps answering the server's keepalives meanwhile.
+                self.flush().await?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
             let event = match tokio::time::timeout(Duration::from_millis(20), self.repl.recv())
                 .await
             {
@@ -238,7 +258,7 @@ impl Applier {
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => return Ok(()),
             }
-            if self.router.batch().len() >= BATCH {
+            if self.router.batch().len() >= self.steering.dml_batch_size() {
                 self.flush().await?;
             }
         }
@@ -362,6 +382,10 @@ impl Applier {
             .strip_prefix("hb:")
             .and_then(|t| t.parse::<u64>().ok())
         {
+            // Apply what came before it first: the lag it measures is then the applier's, and
+            // a steady trickle of changes (never idle for the idle flush) is applied promptly.
+            self.router.release_held();
+            self.flush().await?;
             self.shared.saw_heartbeat(sent, &self.progress);
         } else if let Some(n) = content
             .strip_prefix("cutover:")

@@ -46,8 +46,23 @@ pub async fn connect(dsn: &str) -> Client {
     client
 }
 
-/// Drop a test table and everything a run may have made for it.
+/// Drop a test table and everything a run may have made for it (an earlier failed test may
+/// have left a run's publication behind: it would outlive the table).
 pub async fn reset(client: &Client, table: &str) {
+    let oids = client
+        .query(
+            "SELECT c.oid FROM pg_class c WHERE c.oid IN (to_regclass($1), to_regclass($2))",
+            &[&table, &format!("_{table}_old")],
+        )
+        .await
+        .expect("looking up the test table");
+    for oid in oids {
+        let oid: u32 = oid.get(0);
+        client
+            .batch_execute(&format!("DROP PUBLICATION IF EXISTS swivel_{oid}"))
+            .await
+            .expect("dropping a leftover publication");
+    }
     client
         .batch_execute(&format!(
             "DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old CASCADE"
@@ -186,7 +201,7 @@ impl Db {
     /// Drop a test table and everything a run may have made for it.
     pub async fn reset(&mut self, table: &str) {
         let sql = match self {
-            Db::Pg(_) => format!("DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old CASCADE"),
+            Db::Pg(c) => return reset(c, table).await,
             Db::My(_) => format!(
                 "DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old, _{table}_swl, {table}__swivel_del"
             ),
@@ -208,5 +223,100 @@ impl Db {
                 assert!(left.is_empty(), "left behind for {table}: {left:?}");
             }
         }
+    }
+}
+
+/// A control socket path of its own for a test run on `table`.
+pub fn socket_path(table: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("swivel-test-{}-{table}.sock", std::process::id()))
+}
+
+/// Send one command line to a run's control socket and return its reply, waiting (up to 30s)
+/// for the socket to appear.
+pub async fn control(socket: &std::path::Path, line: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut stream = loop {
+        match tokio::net::UnixStream::connect(socket).await {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("no control socket at {}: {e}", socket.display())
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .await
+        .expect("writing to the control socket");
+    stream.shutdown().await.expect("closing the write side");
+    let mut reply = String::new();
+    stream
+        .read_to_string(&mut reply)
+        .await
+        .expect("reading the control socket's reply");
+    reply.trim_end().to_string()
+}
+
+/// The testbed's streaming standby of the logical PostgreSQL.
+pub fn pg_standby_dsn() -> String {
+    testbed();
+    std::env::var("SWIVEL_PG_STANDBY_DSN")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:55434/swivel".into())
+}
+
+/// The MariaDB primary's database that its testbed replica copies.
+pub fn my_repl_dsn() -> String {
+    testbed();
+    std::env::var("SWIVEL_MYSQL_REPL_DSN")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:33306/swivel_repl".into())
+}
+
+/// The testbed's MariaDB replica (database swivel_repl only).
+pub fn my_replica_dsn() -> String {
+    testbed();
+    std::env::var("SWIVEL_MYSQL_REPLICA_DSN")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:33307/swivel_repl".into())
+}
+
+impl Db {
+    /// A session on the server a connection URL names.
+    pub async fn connect_to(dsn: &str) -> Db {
+        if dsn.starts_with("mysql://") {
+            Db::My(
+                mysql_async::Conn::from_url(dsn)
+                    .await
+                    .expect("connecting to the testbed's MariaDB"),
+            )
+        } else {
+            Db::Pg(connect(dsn).await)
+        }
+    }
+}
+
+/// `status json` on a run's control socket, parsed.
+pub async fn status_json(socket: &std::path::Path) -> serde_json::Value {
+    let reply = control(socket, "status json").await;
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("status json: {e}: {reply}"))
+}
+
+/// Poll `status json` until `ready` says so; panics with the last status after `secs`.
+pub async fn wait_status(
+    socket: &std::path::Path,
+    secs: u64,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let s = status_json(socket).await;
+        if ready(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {secs}s for {what}; status: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use crate::engine::progress::Progress;
+use crate::engine::watermark::{Decision, Key, Watermark};
 use crate::error::{Error, Result};
-use crate::progress::Progress;
-use crate::watermark::{Decision, Key, Watermark};
 
 /// Microseconds since the epoch: heartbeats carry their send time in it.
 pub fn now_micros() -> u64 {
@@ -167,7 +167,7 @@ impl TailState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watermark::KeyPart;
+    use crate::engine::watermark::KeyPart;
 
     fn k(i: i128) -> Key {
         vec![KeyPart::Int(i)]

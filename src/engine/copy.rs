@@ -1,4 +1,5 @@
-//! The row copier: key-ordered chunks, sized to a target time per chunk, under a rate limit.
+//! The row copier: key-ordered chunks, sized to a target time per chunk, under a rate limit,
+//! paused while throttled.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering::Relaxed;
@@ -6,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::backend::Backend;
+use crate::engine::backend::{Backend, Shared};
 use crate::error::Result;
-use crate::progress::Progress;
-use crate::watermark::Watermark;
 
 const MIN_CHUNK: u64 = 100;
 const MAX_CHUNK: u64 = 200_000;
@@ -48,30 +47,40 @@ impl ChunkTuner {
     }
 }
 
-/// Copy the whole table, publishing each chunk's range through the watermark.
+/// Copy the whole table, publishing each chunk's range through the watermark. Reads the
+/// steering state before each chunk: throttled, it waits; a pinned chunk size or a new target
+/// time applies to the next chunk; the nice ratio sleeps after it.
 pub async fn copy_table<B: Backend>(
     backend: &mut B,
-    watermark: &Watermark,
-    progress: &Progress,
+    shared: &Shared,
     initial_chunk: u64,
-    target: Duration,
     max_rows_per_second: Option<u32>,
 ) -> Result<()> {
+    let (watermark, progress, steering) = (&shared.watermark, &shared.progress, &shared.steering);
     let limiter: Option<DefaultDirectRateLimiter> = max_rows_per_second
         .and_then(NonZeroU32::new)
         .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
     // A chunk can never wait for more rows than the limiter's burst holds.
     let max = max_rows_per_second.map_or(MAX_CHUNK, u64::from);
-    let mut tuner = ChunkTuner::new(initial_chunk, target, max);
+    let knobs = steering.knobs();
+    let mut tuner = ChunkTuner::new(initial_chunk, knobs.target_chunk_time, max);
     let mut after = watermark.low();
     loop {
         backend.check_tail()?;
+        let knobs = steering.knobs();
+        tuner.target = knobs.target_chunk_time;
+        if let Some(pinned) = knobs.chunk_size {
+            tuner.size = pinned.clamp(1, tuner.max);
+        }
         progress.chunk_size.store(tuner.size(), Relaxed);
         if let Some(limiter) = &limiter {
             let n = NonZeroU32::new(tuner.size() as u32).unwrap_or(NonZeroU32::MIN);
             // Cannot fail: the chunk size is capped at the burst size above.
             let _ = limiter.until_n_ready(n).await;
         }
+        // Last, right before the chunk: a throttle that began while the rate limit held the
+        // chunk back stops it.
+        steering.wait_unthrottled(|| backend.check_tail()).await?;
         let started = Instant::now();
         let upto = backend.chunk_end(after.as_ref(), tuner.size()).await?;
         let discarded = watermark.begin_chunk(upto.clone());
@@ -80,7 +89,13 @@ pub async fn copy_table<B: Backend>(
             .await?;
         watermark.commit_chunk();
         progress.rows_copied.fetch_add(rows, Relaxed);
-        tuner.observe(rows, started.elapsed());
+        let took = started.elapsed();
+        if knobs.chunk_size.is_none() {
+            tuner.observe(rows, took);
+        }
+        if knobs.nice_ratio > 0.0 {
+            tokio::time::sleep(took.mul_f64(knobs.nice_ratio)).await;
+        }
         match upto {
             Some(key) => after = Some(key),
             None => return Ok(()),

@@ -70,13 +70,16 @@ impl Progress {
         Phase::from_u8(self.phase.load(Relaxed))
     }
 
+    /// Enter `phase`; the status file's events record when each phase was entered (each time
+    /// it is entered again, as cut-over is after a failed attempt).
     pub fn set_phase(&self, phase: Phase) {
         if phase == Phase::Copying {
             let mut started = self.copy_started.lock().unwrap_or_else(|p| p.into_inner());
             started.get_or_insert_with(Instant::now);
         }
-        self.phase.store(phase as u8, Relaxed);
-        self.mark(phase.name());
+        if self.phase.swap(phase as u8, Relaxed) != phase as u8 {
+            self.mark(phase.name());
+        }
     }
 
     /// Record that `event` happened now (a phase began, the tables were swapped).
@@ -137,11 +140,6 @@ impl Progress {
         } else {
             100.0
         };
-        let eta = if self.phase() == Phase::Copying && rate > 0.0 {
-            format_duration(Duration::from_secs_f64((estimate - copied) as f64 / rate))
-        } else {
-            "-".to_string()
-        };
         format!(
             "{}: {}/{} rows ({:.1}%), {:.0} rows/s, chunk {}, lag {:.1}s, {} changes replayed, ETA {}",
             self.phase().name(),
@@ -152,8 +150,20 @@ impl Progress {
             self.chunk_size.load(Relaxed),
             self.lag().as_secs_f64(),
             self.changes_applied.load(Relaxed),
-            eta
+            self.eta()
         )
+    }
+
+    /// How long the rest of the copy should take at the rate so far ("-" outside the copy).
+    pub fn eta(&self) -> String {
+        let copied = self.rows_copied.load(Relaxed);
+        let left = self.rows_estimate.load(Relaxed).saturating_sub(copied);
+        let rate = self.copy_rate();
+        if self.phase() == Phase::Copying && rate > 0.0 {
+            format_duration(Duration::from_secs_f64(left as f64 / rate))
+        } else {
+            "-".to_string()
+        }
     }
 }
 

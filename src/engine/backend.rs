@@ -1,0 +1,162 @@
+//! What the pipeline needs from a database: one implementation per server family.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::control::throttler::Probe;
+use crate::control::Steering;
+use crate::engine::progress::Progress;
+use crate::engine::watermark::{Key, Watermark};
+use crate::error::Result;
+use crate::options::RunOptions;
+
+/// What the run's tasks share: counters, the copy/replay watermark and the steering state.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pub progress: Arc<Progress>,
+    pub watermark: Arc<Watermark>,
+    pub steering: Arc<Steering>,
+}
+
+impl Shared {
+    pub fn new(opts: &RunOptions) -> Self {
+        Shared {
+            progress: Arc::new(Progress::default()),
+            watermark: Arc::new(Watermark::new()),
+            steering: Arc::new(Steering::new(opts.knobs.clone())),
+        }
+    }
+}
+
+/// What the plan found; printed before anything runs.
+#[derive(Clone, Debug)]
+pub struct PlanReport {
+    /// Human-readable findings, one per line.
+    pub lines: Vec<String>,
+    /// The change needs no row rewrite: it is run directly.
+    pub metadata_only: bool,
+    pub estimated_rows: u64,
+}
+
+/// What cut-over measured.
+#[derive(Clone, Debug, Default)]
+pub struct CutoverReport {
+    pub attempts: u32,
+    /// How long the blocking lock was held in the attempt that succeeded.
+    pub lock_held: Duration,
+    /// How long the application's writes could have waited on cut-over, over all attempts:
+    /// from each lock request until its release.
+    pub stall: Duration,
+    /// The longest of those waits, in one attempt.
+    pub longest_stall: Duration,
+}
+
+/// One cut-over attempt, as a backend ran it.
+#[derive(Clone, Debug, Default)]
+pub struct Attempt {
+    /// The tables were swapped; otherwise the original is in place and unchanged.
+    pub swapped: bool,
+    /// Why it did not swap.
+    pub why: String,
+    /// From holding the lock to the swap.
+    pub lock_held: Duration,
+    /// From requesting the lock to releasing it: the longest any write waited on us.
+    pub stall: Duration,
+}
+
+impl Attempt {
+    pub fn failed(why: impl Into<String>, stall: Duration) -> Self {
+        Attempt {
+            why: why.into(),
+            stall,
+            ..Attempt::default()
+        }
+    }
+}
+
+/// A session in cut-over's way: it holds a lock on the table.
+#[derive(Clone, Debug)]
+pub struct Blocker {
+    /// The backend pid (PostgreSQL) or connection id (MySQL).
+    pub id: String,
+    pub user: String,
+    pub query: String,
+    pub transaction_age: Option<Duration>,
+}
+
+impl fmt::Display for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let query: String = self.query.chars().take(120).collect();
+        write!(f, "session {} (user {}", self.id, self.user)?;
+        if let Some(age) = self.transaction_age {
+            write!(f, ", transaction open {:.1}s", age.as_secs_f64())?;
+        }
+        if query.is_empty() {
+            write!(f, ", idle)")
+        } else {
+            write!(f, ", last query: {query})")
+        }
+    }
+}
+
+/// One backend, driven by [`crate::engine::migrate`] through plan → shadow → copy ∥ tail → cut-over.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// The throttler's readings of this server.
+    type Probe: Probe;
+
+    /// Inspect the table and the server, parse and try the ALTER; change nothing.
+    async fn plan(&mut self) -> Result<PlanReport>;
+    /// Run a change that needs no rewrite directly, within the lock timeout. False: the server
+    /// cannot run it without a rewrite after all, and the online copy must do it.
+    async fn run_metadata_only(&mut self) -> Result<bool>;
+    /// Create the shadow table and start tailing the change stream (before any chunk).
+    async fn prepare(&mut self) -> Result<()>;
+    /// The key that ends a chunk of `rows` rows after `after` (None: the rest of the table).
+    async fn chunk_end(&mut self, after: Option<&Key>, rows: u64) -> Result<Option<Key>>;
+    /// Copy the rows with keys in (`after`, `upto`] into the shadow table; `discarded` are the
+    /// transactions whose changes the applier dropped for keys not yet copied: the chunk must see
+    /// them. Returns the rows copied.
+    async fn copy_chunk(
+        &mut self,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+        discarded: &[u64],
+    ) -> Result<u64>;
+    /// Every row is copied: build what the copy deferred (secondary indexes) before cut-over.
+    async fn copy_done(&mut self) -> Result<()>;
+    /// Fails if the change stream or the applier has failed.
+    fn check_tail(&self) -> Result<()>;
+    /// How far the applier is behind the source.
+    fn lag(&self) -> Duration;
+    /// One attempt to swap the tables, the applier having caught up: lock (waiting at most
+    /// `lock_timeout`), drain the stream, rename. Err only for what a retry cannot fix.
+    async fn cutover_attempt(&mut self, attempt: u32, lock_timeout: Duration) -> Result<Attempt>;
+    /// The sessions holding locks on the table, other than ours.
+    async fn blockers(&mut self) -> Result<Vec<Blocker>>;
+    /// End a blocking session (`--force-cut-over-after`).
+    async fn kill_blocker(&mut self, blocker: &Blocker) -> Result<()>;
+    /// A probe for the throttler, with connections of its own (after `plan`).
+    fn probe(&self) -> Result<Self::Probe>;
+    /// Drop what the run created (the shadow table on failure, the stream's objects always).
+    async fn cleanup(&mut self, succeeded: bool) -> Result<()>;
+}
+
+/// A direct (metadata-only) change has run: the table's shape (`now`) must be what the plan's
+/// trial on an empty copy showed (`expected`), or swivel must not say it is done.
+pub fn verify_direct_change(expected: Option<&str>, now: &str) -> Result<()> {
+    let expected = expected.unwrap_or_default();
+    if now != expected {
+        return Err(crate::error::Error::Stream(format!(
+            "the change ran, but the table does not look as the trial said it would: expected \
+             columns {expected:?}, found {now:?}; check the table"
+        )));
+    }
+    Ok(())
+}
+
+/// Wait between lock attempts: grows, capped, so the application gets the table back between.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((250u64 << attempt.min(5)).min(5000))
+}
