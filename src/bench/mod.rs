@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use swivel::progress::unix_ms;
+use swivel::engine::progress::unix_ms;
 
 pub use baselines::Baseline;
 use db::Target;
@@ -388,8 +388,31 @@ fn children_peak_rss_mb() -> Option<f64> {
 /// Drop every table the bench or an interrupted tool made, and what swivel's change stream
 /// left (slot, publication), and pg_repack's extension if the bench created it.
 async fn clean_up(opts: &BenchOptions, target: &Target, server: Server) -> Result<()> {
-    swivel::migrate::cleanup_leftovers(&opts.dsn, opts.password.as_deref(), TABLE).await?;
     let mut db = target.connect("bench cleanup").await?;
+    if server == Server::Postgres {
+        // A swivel killed a moment ago still has its replication session on the server until
+        // the walsender notices; `swivel cleanup` rightly refuses an active run.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && db
+                .scalar(&format!(
+                    "SELECT count(*) FROM pg_replication_slots
+                     WHERE active AND slot_name = 'swivel_' || to_regclass('{TABLE}')::oid"
+                ))
+                .await?
+                != "0"
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    match swivel::engine::migrate::cleanup_leftovers(&opts.dsn, opts.password.as_deref(), TABLE)
+        .await
+    {
+        // pt-online-schema-change's own `_swivel_bench_new` is not swivel's: the bench drops
+        // it below with the rest of its tables.
+        Ok(_) | Err(swivel::Error::Refused(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     db.exec(&server.drop_tables()).await?;
     if baselines::CREATED_PG_REPACK.swap(false, std::sync::atomic::Ordering::Relaxed) {
         db.exec("DROP EXTENSION IF EXISTS pg_repack CASCADE")
