@@ -26,6 +26,10 @@ pub enum Error {
     /// A hook failed where its failure stops the run.
     #[error("hook: {0}")]
     Hook(String),
+    /// The checksum found rows that differ even after they were copied again: cut-over is
+    /// refused and both tables are left as they are.
+    #[error("checksum: {0}")]
+    Checksum(String),
     /// Cut-over could not take its locks or drain the stream within its retries.
     #[error("cut-over failed: {0}")]
     Cutover(String),

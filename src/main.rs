@@ -122,6 +122,10 @@ struct RunArgs {
     /// the longest the application's writes wait on one attempt.
     #[arg(long, default_value = "500ms", value_parser = duration)]
     cut_over_lock_timeout: Duration,
+    /// Swap without the checksum that otherwise compares the table and the shadow table,
+    /// chunk by chunk, before cut-over.
+    #[arg(long)]
+    skip_checksum: bool,
     /// Failed cut-over attempts in a row before swivel catches up for a while and tries again.
     #[arg(long, default_value_t = 10)]
     cut_over_retries: u32,
@@ -345,6 +349,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     opts.knobs.dml_batch_size = args.dml_batch_size as usize;
     opts.cut_over_lock_timeout = args.cut_over_lock_timeout;
     opts.cut_over_retries = args.cut_over_retries;
+    opts.skip_checksum = args.skip_checksum;
     opts.cut_over_max_wait = args.cut_over_max_wait;
     opts.force_cut_over_after = args.force_cut_over_after;
     opts.knobs.max_lag = args.max_lag_millis;
@@ -405,6 +410,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 c.stall.as_secs_f64() * 1000.0,
                 c.longest_stall.as_secs_f64() * 1000.0,
             );
+            match &stats.checksum {
+                Some(k) => println!(
+                    "checksum: {} rows in {} chunks equal in {:.1}s, {} chunk(s) copied again; \
+                     writes could wait on it {:.1}ms",
+                    k.rows,
+                    k.chunks,
+                    k.time.as_secs_f64(),
+                    k.repaired,
+                    k.stall.as_secs_f64() * 1000.0,
+                ),
+                None => println!("checksum: skipped (--skip-checksum)"),
+            }
         }
     }
     Ok(())

@@ -48,6 +48,8 @@ pub struct RunOptions {
     pub announce: bool,
     /// PostgreSQL: while throttled, replay goes on once the slot retains this many bytes of WAL.
     pub max_retained_wal: u64,
+    /// Swap without comparing source and shadow first.
+    pub skip_checksum: bool,
 }
 
 impl RunOptions {
@@ -75,6 +77,7 @@ impl RunOptions {
             force_cut_over_after: None,
             max_retained_wal: 1 << 30,
             announce: false,
+            skip_checksum: false,
         }
     }
 }

@@ -174,6 +174,9 @@ enum Fault {
     /// PostgreSQL: the heartbeat's session ended from the server side mid-copy; the run must
     /// reconnect it (without heartbeats the lag only grows and cut-over never starts).
     KillHeartbeat,
+    /// Kill the session holding the checksum's write lock, once: a view opened without the
+    /// lock would see writes the shadow lacks, so it must be thrown away and opened again.
+    KillChecksumLocker,
 }
 
 /// Wait until `table` exists (polling `db`); false if `stop` comes first.
@@ -242,21 +245,32 @@ async fn kill_locker(
     table: String,
     stop: Arc<AtomicBool>,
     panic_socket: Option<std::path::PathBuf>,
+    checksum: bool,
 ) -> bool {
     let mut db = Db::connect(server).await;
     let find = match server {
-        // The cut-over session sits idle in its transaction after LOCK TABLE.
+        // The session sits idle in its transaction after LOCK TABLE.
         Server::Postgres => format!(
             "SELECT pid FROM pg_stat_activity WHERE state = 'idle in transaction' \
-             AND query LIKE 'LOCK TABLE %{table}%'"
+             AND application_name = '{}' AND query LIKE 'LOCK TABLE %{table}%'",
+            if checksum {
+                "swivel-checksum-lock"
+            } else {
+                "swivel-cutover"
+            }
         ),
-        // The session holding LOCK TABLES … WRITE on the table.
+        // The session holding LOCK TABLES … WRITE (cut-over) or READ (checksum) on the table.
         Server::MariaDb => {
             // Ships with the server; lists who holds which metadata lock.
             let _ = db.exec("INSTALL SONAME 'metadata_lock_info'").await;
             format!(
                 "SELECT thread_id FROM information_schema.metadata_lock_info \
-                 WHERE table_name = '{table}' AND lock_mode = 'MDL_SHARED_NO_READ_WRITE'"
+                 WHERE table_name = '{table}' AND lock_mode = '{}'",
+                if checksum {
+                    "MDL_SHARED_READ_ONLY"
+                } else {
+                    "MDL_SHARED_NO_READ_WRITE"
+                }
             )
         }
     };
@@ -406,8 +420,16 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
                 table.clone(),
                 killer_stop.clone(),
                 socket,
+                false,
             )))
         }
+        Fault::KillChecksumLocker => Some(tokio::spawn(kill_locker(
+            server,
+            table.clone(),
+            killer_stop.clone(),
+            None,
+            true,
+        ))),
         Fault::ShadowReader => Some(tokio::spawn(hold_shadow(
             table.clone(),
             killer_stop.clone(),
@@ -544,6 +566,14 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
             stats.changes_applied > 0,
             "{server:?} seed {seed}: no change was replayed, the test proved nothing"
         );
+        let checksum = stats
+            .checksum
+            .as_ref()
+            .unwrap_or_else(|| panic!("{server:?} seed {seed}: the checksum did not run"));
+        assert_eq!(
+            checksum.repaired, 0,
+            "{server:?} seed {seed}: the checksum found rows the engine got wrong: {checksum:?}"
+        );
         if matches!(fault, Fault::KillLocker { .. }) {
             assert!(
                 stats.cutover.attempts > 1,
@@ -599,6 +629,11 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn throttled_on_and_off() {
         run_model(Server::Postgres, 9, 20_000, Fault::ThrottleToggle).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn checksum_lock_killed() {
+        run_model(Server::Postgres, 11, 20_000, Fault::KillChecksumLocker).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -663,6 +698,11 @@ mod mariadb {
         .await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn checksum_lock_killed() {
+        run_model(Server::MariaDb, 11, 20_000, Fault::KillChecksumLocker).await;
+    }
+
     /// The rename queues on the shadow table, not on the table: the attempt must not go on.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn shadow_table_held_at_cut_over() {
@@ -691,7 +731,7 @@ async fn chunks_count_rows_in_key_order<B: swivel::engine::backend::Backend>(mut
         Ok(end) => backend.chunk_end(end.as_ref(), 1000).await,
         Err(_) => Ok(None),
     };
-    backend.cleanup(false).await.unwrap();
+    backend.cleanup(false, false).await.unwrap();
     assert_eq!(first.unwrap(), Some(vec![KeyPart::Int(1000)]));
     assert_eq!(second.unwrap(), Some(vec![KeyPart::Int(2000)]));
 }

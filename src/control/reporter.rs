@@ -98,6 +98,7 @@ fn draw(bar: &ProgressBar, shared: &Shared) {
     bar.set_length(estimate);
     bar.set_position(match p.phase() {
         Phase::Planning | Phase::Copying => copied,
+        Phase::Checksum => p.checksum_rows.load(Relaxed).min(estimate),
         _ => estimate,
     });
     bar.set_prefix(p.phase().name());

@@ -75,6 +75,35 @@ impl Attempt {
     }
 }
 
+/// A key range of the checksum: keys in (`after`, `upto`]; None ends are open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    pub after: Option<Key>,
+    pub upto: Option<Key>,
+}
+
+/// One checksum chunk, compared in the consistent view.
+#[derive(Clone, Debug)]
+pub struct ChunkCheck {
+    /// Where the chunk ended (None: the end of the table).
+    pub upto: Option<Key>,
+    /// Rows in the source's part of the chunk.
+    pub rows: u64,
+    /// Source (as the ALTER transforms it) and shadow agree on the chunk.
+    pub equal: bool,
+}
+
+/// What a repair under the write lock found.
+#[derive(Clone, Debug, Default)]
+pub struct Repair {
+    /// The lock could not be had, or the applier not drained, in time: nothing was changed.
+    pub retry: Option<String>,
+    /// How long writes could have waited on the repair.
+    pub stall: Duration,
+    /// Keys (as text) that still differ after the ranges were copied again.
+    pub still_differ: Vec<String>,
+}
+
 /// A session in cut-over's way: it holds a lock on the table.
 #[derive(Clone, Debug)]
 pub struct Blocker {
@@ -137,10 +166,31 @@ pub trait Backend {
     async fn blockers(&mut self) -> Result<Vec<Blocker>>;
     /// End a blocking session (`--force-cut-over-after`).
     async fn kill_blocker(&mut self, blocker: &Blocker) -> Result<()>;
+    /// Open the checksum's consistent view: keep writes off the table for a moment (at most
+    /// `lock_timeout` waiting for the lock), let the applier drain, take a snapshot in which
+    /// the shadow must equal the source transformed by the ALTER, let writes go. Ok(Err(why))
+    /// when the lock or the drain took too long: nothing changed, try again later. Ok(Ok(d)):
+    /// writes could have waited `d`.
+    async fn checksum_begin(
+        &mut self,
+        lock_timeout: Duration,
+    ) -> Result<std::result::Result<Duration, String>>;
+    /// In the view: the chunk of about `rows` source rows after `after`, compared.
+    async fn checksum_chunk(&mut self, after: Option<&Key>, rows: u64) -> Result<ChunkCheck>;
+    /// Close the view (its snapshot holds back vacuum / purge).
+    async fn checksum_end(&mut self) -> Result<()>;
+    /// Copy `ranges` again with writes kept off the table and the applier drained, then
+    /// compare them row by row.
+    async fn checksum_repair(
+        &mut self,
+        ranges: &[KeyRange],
+        lock_timeout: Duration,
+    ) -> Result<Repair>;
     /// A probe for the throttler, with connections of its own (after `plan`).
     fn probe(&self) -> Result<Self::Probe>;
-    /// Drop what the run created (the shadow table on failure, the stream's objects always).
-    async fn cleanup(&mut self, succeeded: bool) -> Result<()>;
+    /// Drop what the run created: the stream's objects always, the shadow table when the run
+    /// failed, unless `keep_shadow` (a checksum mismatch, kept for inspection).
+    async fn cleanup(&mut self, succeeded: bool, keep_shadow: bool) -> Result<()>;
 }
 
 /// A direct (metadata-only) change has run: the table's shape (`now`) must be what the plan's

@@ -11,21 +11,25 @@ use std::time::{Duration, Instant};
 use crate::control::hooks::{Hook, Hooks};
 use crate::control::reporter::eprintln_above;
 use crate::control::Steering;
-use crate::engine::backend::{backoff, Backend, CutoverReport};
-use crate::engine::progress::{format_duration, Phase, Progress};
+use crate::engine::backend::{backoff, Backend, CutoverReport, Shared};
+use crate::engine::checksum::{self, ChecksumReport};
+use crate::engine::progress::{format_duration, Phase};
 use crate::error::{Error, Result};
 use crate::options::RunOptions;
 
 /// How long to catch up between rounds of attempts.
 const BETWEEN_ROUNDS: Duration = Duration::from_secs(10);
 
+/// Cut over; the first time all is ready, the checksum runs first (unless skipped), so it
+/// compares what is about to be swapped in, also after a postponement.
 pub async fn run<B: Backend>(
     backend: &mut B,
     opts: &RunOptions,
-    steering: &Steering,
-    progress: &Progress,
+    shared: &Shared,
     hooks: &Hooks,
-) -> Result<CutoverReport> {
+) -> Result<(CutoverReport, Option<ChecksumReport>)> {
+    let (steering, progress) = (&*shared.steering, &*shared.progress);
+    let mut checksum: Option<ChecksumReport> = None;
     // When this round of trying began: the first attempt, or the `unpostpone` after a hold.
     let mut trying_since: Option<Instant> = None;
     let mut held = false;
@@ -50,6 +54,9 @@ pub async fn run<B: Backend>(
             Some(format!("throttled ({why})"))
         } else if backend.lag() > steering.max_lag() {
             Some(String::new()) // catching up: the progress line shows the lag
+        } else if !opts.skip_checksum && checksum.is_none() {
+            checksum = Some(checksum::run(backend, shared, opts.cut_over_lock_timeout).await?);
+            continue; // the applier may have fallen behind meanwhile
         } else if let Err(e) = hooks.run(Hook::BeforeCutOver, progress, &[]).await {
             tokio::time::sleep(Duration::from_secs(1)).await;
             Some(format!("{e}; cut-over postponed until it succeeds"))
@@ -84,7 +91,7 @@ pub async fn run<B: Backend>(
         report.longest_stall = report.longest_stall.max(attempt.stall);
         if attempt.swapped {
             report.lock_held = attempt.lock_held;
-            return Ok(report);
+            return Ok((report, checksum));
         }
         in_a_row += 1;
         let blockers = backend.blockers().await.unwrap_or_else(|e| {

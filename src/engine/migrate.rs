@@ -15,6 +15,7 @@ use crate::control::socket::{self, Server};
 use crate::control::status::{self, RunInfo};
 use crate::control::throttler;
 use crate::engine::backend::{Backend, CutoverReport, PlanReport, Shared};
+use crate::engine::checksum::ChecksumReport;
 use crate::engine::copy::copy_table;
 use crate::engine::cutover;
 use crate::engine::progress::{unix_ms, Phase, Progress};
@@ -40,6 +41,8 @@ pub struct MigrationStats {
     pub copy_time: Duration,
     pub changes_applied: u64,
     pub cutover: CutoverReport,
+    /// None when `--skip-checksum`.
+    pub checksum: Option<ChecksumReport>,
     pub total_time: Duration,
 }
 
@@ -185,7 +188,8 @@ async fn migrate<B: Backend>(
             never = status_hook(&hooks, progress, opts.hooks_status_interval) => match never {},
         };
         drop(reporter);
-        let cleaned = backend.cleanup(result.is_ok()).await;
+        let keep_shadow = matches!(result, Err(Error::Checksum(_)));
+        let cleaned = backend.cleanup(result.is_ok(), keep_shadow).await;
         let outcome = match (result, cleaned) {
             (Err(e), cleaned) => {
                 if let Err(c) = cleaned {
@@ -202,7 +206,7 @@ async fn migrate<B: Backend>(
             }
             (Ok(r), Ok(())) => Ok(r),
         };
-        let outcome = outcome.map(|(cutover, copy_time)| {
+        let outcome = outcome.map(|(cutover, checksum, copy_time)| {
             progress.set_phase(Phase::Done);
             MigrationStats {
                 plan,
@@ -210,6 +214,7 @@ async fn migrate<B: Backend>(
                 copy_time,
                 changes_applied: progress.changes_applied.load(Relaxed),
                 cutover,
+                checksum,
                 total_time: started.elapsed(),
             }
         });
@@ -300,6 +305,13 @@ impl StatusFile {
                 "cutover_lock_ms": stats.cutover.lock_held.as_secs_f64() * 1000.0,
                 "cutover_stall_ms": stats.cutover.stall.as_secs_f64() * 1000.0,
                 "cutover_longest_stall_ms": stats.cutover.longest_stall.as_secs_f64() * 1000.0,
+                "checksum": stats.checksum.as_ref().map(|k| serde_json::json!({
+                    "rows": k.rows,
+                    "chunks": k.chunks,
+                    "repaired_chunks": k.repaired,
+                    "ms": k.time.as_millis() as u64,
+                    "stall_ms": k.stall.as_secs_f64() * 1000.0,
+                })),
                 "total_ms": stats.total_time.as_millis() as u64,
             }),
             Err(e) => serde_json::json!({ "outcome": "failed", "error": e.to_string() }),
@@ -334,7 +346,7 @@ async fn pipeline<B: Backend>(
     opts: &RunOptions,
     shared: &Shared,
     hooks: &Hooks,
-) -> Result<(CutoverReport, Duration)> {
+) -> Result<(CutoverReport, Option<ChecksumReport>, Duration)> {
     let progress = &shared.progress;
     backend.prepare().await?;
     hooks.run(Hook::BeforeRowCopy, progress, &[]).await?;
@@ -346,7 +358,7 @@ async fn pipeline<B: Backend>(
     hooks.run(Hook::RowCopyComplete, progress, &[]).await?;
     backend.copy_done().await?;
     progress.mark("indexes built");
-    let report = cutover::run(backend, opts, &shared.steering, progress, hooks).await?;
+    let (report, checksum) = cutover::run(backend, opts, shared, hooks).await?;
     progress.mark("swapped");
-    Ok((report, copy_time))
+    Ok((report, checksum, copy_time))
 }

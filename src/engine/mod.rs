@@ -1,8 +1,9 @@
 //! The engine: [`plan`] the ALTER, then [`migrate`] drives a [`backend::Backend`] through shadow
-//! → [`copy`] ∥ tail and apply ([`replay`], under the [`watermark`] protocol) → [`cutover`] →
+//! → [`copy`] ∥ tail and apply ([`replay`], under the [`watermark`] protocol) → [`checksum`] → [`cutover`] →
 //! cleanup, counting in [`progress`].
 
 pub mod backend;
+pub mod checksum;
 pub mod copy;
 pub mod cutover;
 pub mod migrate;

@@ -12,6 +12,7 @@ pub enum Phase {
     CatchingUp = 2,
     CuttingOver = 3,
     Done = 4,
+    Checksum = 5,
 }
 
 impl Phase {
@@ -21,6 +22,7 @@ impl Phase {
             2 => Phase::CatchingUp,
             3 => Phase::CuttingOver,
             4 => Phase::Done,
+            5 => Phase::Checksum,
             _ => Phase::Planning,
         }
     }
@@ -32,6 +34,7 @@ impl Phase {
             Phase::CatchingUp => "catch-up",
             Phase::CuttingOver => "cut-over",
             Phase::Done => "done",
+            Phase::Checksum => "checksum",
         }
     }
 }
@@ -45,6 +48,9 @@ pub struct Progress {
     pub changes_applied: AtomicU64,
     /// Replication lag in milliseconds, as last measured by the heartbeat.
     pub lag_ms: AtomicU64,
+    /// Source rows the checksum has compared, and chunks it copied again.
+    pub checksum_rows: AtomicU64,
+    pub checksum_repaired: AtomicU64,
     copy_started: Mutex<Option<Instant>>,
     /// When each phase began (and other milestones), for the status file.
     events: Mutex<Vec<(&'static str, SystemTime)>>,
@@ -59,6 +65,8 @@ impl Default for Progress {
             chunk_size: AtomicU64::new(0),
             changes_applied: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
+            checksum_rows: AtomicU64::new(0),
+            checksum_repaired: AtomicU64::new(0),
             copy_started: Mutex::new(None),
             events: Mutex::new(Vec::new()),
         }
@@ -108,6 +116,8 @@ impl Progress {
             "chunk_size": self.chunk_size.load(Relaxed),
             "lag_ms": self.lag_ms.load(Relaxed),
             "changes_applied": self.changes_applied.load(Relaxed),
+            "checksum_rows": self.checksum_rows.load(Relaxed),
+            "checksum_repaired_chunks": self.checksum_repaired.load(Relaxed),
         })
     }
 
@@ -151,7 +161,17 @@ impl Progress {
             self.lag().as_secs_f64(),
             self.changes_applied.load(Relaxed),
             self.eta()
-        )
+        ) + &self.checksum_part()
+    }
+
+    /// ", checksum N rows compared" once the checksum has begun.
+    fn checksum_part(&self) -> String {
+        let rows = self.checksum_rows.load(Relaxed);
+        if self.phase() == Phase::Checksum || rows > 0 {
+            format!(", checksum {rows} rows compared")
+        } else {
+            String::new()
+        }
     }
 
     /// How long the rest of the copy should take at the rate so far ("-" outside the copy).

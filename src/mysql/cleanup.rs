@@ -12,12 +12,13 @@ use super::{MyBackend, MyTarget, Names};
 use crate::engine::replay::now_micros;
 use crate::error::{Error, MyContext, Result};
 
-pub async fn after_run(b: &mut MyBackend, succeeded: bool) -> Result<()> {
+pub async fn after_run(b: &mut MyBackend, succeeded: bool, keep_shadow: bool) -> Result<()> {
     if let Some(tail) = b.tail.take() {
         tail.stop();
     }
     b.copier = None;
     b.marker_conn = None;
+    b.checksum_conn = None;
     // A stop (Ctrl-C, panic) may have cut a statement on the control session short, which
     // leaves its protocol out of step (even a ping can pass and the next statement fail):
     // clean up on a fresh session.
@@ -30,10 +31,20 @@ pub async fn after_run(b: &mut MyBackend, succeeded: bool) -> Result<()> {
         }
     }
     let names = b.names.clone();
-    b.ctl
-        .query_drop(format!("DROP TABLE IF EXISTS {}", names.changelog_q()))
-        .await
-        .my_ctx("dropping the changelog table")?;
+    // A shadow kept for inspection keeps the changelog that proves it is swivel's, for
+    // `swivel cleanup`.
+    if keep_shadow {
+        // The run is over: its last heartbeat must not make `swivel cleanup` think it alive.
+        b.ctl
+            .query_drop(format!("DELETE FROM {} WHERE id = 1", names.changelog_q()))
+            .await
+            .my_ctx("marking the run ended in the changelog")?;
+    } else {
+        b.ctl
+            .query_drop(format!("DROP TABLE IF EXISTS {}", names.changelog_q()))
+            .await
+            .my_ctx("dropping the changelog table")?;
+    }
     drop_sentry(&mut b.ctl, &names.db, &names.sentry).await?;
     if succeeded {
         if b.opts.drop_old_table {
@@ -45,7 +56,7 @@ pub async fn after_run(b: &mut MyBackend, succeeded: bool) -> Result<()> {
                 .await
                 .my_ctx("dropping the old table")?;
         }
-    } else if b.created_shadow {
+    } else if b.created_shadow && !keep_shadow {
         b.ctl
             .query_drop(format!("DROP TABLE IF EXISTS {}", names.shadow_q()))
             .await

@@ -11,7 +11,7 @@
 //! the server's strict-mode errors for values the new type cannot hold.
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Params, Value};
+use mysql_async::{Conn, Params, Value};
 
 use super::values::{key_param, key_part};
 use super::{quote_ident, MyBackend};
@@ -42,7 +42,7 @@ pub fn key_condition(columns: &[String], key: &Key, above: bool) -> (String, Vec
     (format!("({})", ors.join(" OR ")), params)
 }
 
-fn range(columns: &[String], after: Option<&Key>, upto: Option<&Key>) -> (String, Vec<Value>) {
+pub fn range(columns: &[String], after: Option<&Key>, upto: Option<&Key>) -> (String, Vec<Value>) {
     let mut conds = Vec::new();
     let mut params = Vec::new();
     for (key, above) in [(after, true), (upto, false)] {
@@ -59,24 +59,39 @@ fn range(columns: &[String], after: Option<&Key>, upto: Option<&Key>) -> (String
 }
 
 pub async fn chunk_end(b: &mut MyBackend, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
-    let table = b.table()?;
-    let key_cols: Vec<String> = table.key_names().iter().map(|s| s.to_string()).collect();
+    let key_cols: Vec<String> = b
+        .table()?
+        .key_names()
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let source = b.names.source();
+    let copier = b
+        .copier
+        .as_mut()
+        .ok_or_else(|| Error::Stream("the copier is not connected".into()))?;
+    chunk_end_on(copier, &source, &key_cols, after, rows).await
+}
+
+/// The key that ends a chunk of `rows` rows of `source` after `after`, read on `conn`.
+pub async fn chunk_end_on(
+    conn: &mut Conn,
+    source: &str,
+    key_cols: &[String],
+    after: Option<&Key>,
+    rows: u64,
+) -> Result<Option<Key>> {
     let list = key_cols
         .iter()
         .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let (cond, params) = range(&key_cols, after, None);
+    let (cond, params) = range(key_cols, after, None);
     let sql = format!(
-        "SELECT {list} FROM {} FORCE INDEX (PRIMARY) WHERE {cond} ORDER BY {list} LIMIT 1 OFFSET {}",
-        b.names.source(),
+        "SELECT {list} FROM {source} FORCE INDEX (PRIMARY) WHERE {cond} ORDER BY {list} LIMIT 1 OFFSET {}",
         rows.saturating_sub(1)
     );
-    let copier = b
-        .copier
-        .as_mut()
-        .ok_or_else(|| Error::Stream("the copier is not connected".into()))?;
-    let row: Option<mysql_async::Row> = copier
+    let row: Option<mysql_async::Row> = conn
         .exec_first(sql, Params::Positional(params))
         .await
         .my_ctx("finding the end of the next chunk")?;

@@ -29,7 +29,7 @@ use crate::error::{Error, MyContext, Result};
 const SENTRY_COMMENT: &str = "swivel cut-over sentry";
 
 /// Why a cut-over attempt gave up, leaving the original table in place.
-enum Retry {
+pub(super) enum Retry {
     Because(String),
 }
 
@@ -52,7 +52,7 @@ pub async fn attempt(b: &mut MyBackend, attempt: u32, lock_timeout: Duration) ->
         .my_ctx("creating the sentry table")?;
     // From here until UNLOCK TABLES (or the rename) returns, writes may wait on us.
     let requested = Instant::now();
-    let outcome = attempt_swap(b, &mut locker, renamer, attempt, lock_timeout).await;
+    let outcome = attempt_swap(b, &mut locker, renamer, lock_timeout).await;
     // Whatever happened, A lets go: if the sentry is still there, a pending rename fails.
     let _ = locker.query_drop("UNLOCK TABLES").await;
     drop(locker);
@@ -88,7 +88,7 @@ pub async fn attempt(b: &mut MyBackend, attempt: u32, lock_timeout: Duration) ->
         }
         Err(Retry::Because(why)) => {
             let stall = requested.elapsed();
-            tail_of(b)?.resume(u64::from(attempt));
+            tail_of(b)?.resume(b.markers);
             Ok(Attempt::failed(why, stall))
         }
     }
@@ -113,7 +113,7 @@ async fn swapped_anyway(b: &mut MyBackend) -> Result<bool> {
     Ok(comment.is_some_and(|c| c != SENTRY_COMMENT))
 }
 
-fn tail_of(b: &MyBackend) -> Result<&tail::Tail> {
+pub(super) fn tail_of(b: &MyBackend) -> Result<&tail::Tail> {
     b.tail
         .as_ref()
         .ok_or_else(|| Error::Stream("the change stream is not running".into()))
@@ -125,18 +125,18 @@ async fn attempt_swap(
     b: &mut MyBackend,
     locker: &mut Conn,
     mut renamer: Conn,
-    attempt: u32,
     timeout: Duration,
 ) -> std::result::Result<(Duration, Instant), Retry> {
     let names = b.names.clone();
     let secs = lock_wait_secs(timeout);
     let sentry = names.qualified(&names.sentry);
-    lock_tables(b.mariadb, locker, &names, timeout).await?;
+    let lock = format!("LOCK TABLES {} WRITE, {sentry} WRITE", names.source());
+    lock_tables(b.mariadb, locker, &lock, timeout).await?;
     let locked_at = Instant::now();
 
     // Every write to the table committed before this marker: once the applier reaches it,
     // the shadow table holds them all.
-    let marker = u64::from(attempt);
+    let marker = b.next_marker();
     let Some(marker_conn) = b.marker_conn.as_mut() else {
         return Err(Retry::Because("the marker session is gone".into()));
     };
@@ -217,17 +217,12 @@ async fn attempt_swap(
 /// leaves its lock request queued in front of the application for a second at most: the
 /// server ends the statement itself. MySQL (whose `max_execution_time` covers SELECT only):
 /// one wait under `lock_wait_timeout`, rounded up to whole seconds.
-async fn lock_tables(
+pub(super) async fn lock_tables(
     mariadb: bool,
     locker: &mut Conn,
-    names: &super::Names,
+    lock: &str,
     timeout: Duration,
 ) -> std::result::Result<(), Retry> {
-    let lock = format!(
-        "LOCK TABLES {} WRITE, {} WRITE",
-        names.source(),
-        names.qualified(&names.sentry)
-    );
     if !mariadb {
         let secs = lock_wait_secs(timeout);
         return locker

@@ -3,6 +3,7 @@
 //! sentry-table cut-over.
 
 pub mod apply;
+mod checksum;
 mod cleanup;
 mod conn;
 mod copy;
@@ -20,7 +21,9 @@ use mysql_async::Conn;
 use std::time::Duration;
 
 use crate::control::Steering;
-use crate::engine::backend::{Attempt, Backend, Blocker, PlanReport, Shared};
+use crate::engine::backend::{
+    Attempt, Backend, Blocker, ChunkCheck, KeyRange, PlanReport, Repair, Shared,
+};
 use crate::engine::plan::{parse_alter, AlterSpec};
 use crate::engine::progress::Progress;
 use crate::engine::watermark::{Key, Watermark};
@@ -139,6 +142,11 @@ pub struct MyBackend {
     lock_view: Option<cutover::LockView>,
     /// The session cut-over writes its markers with, kept across attempts.
     marker_conn: Option<Conn>,
+    /// The last marker written (cut-over and checksum drains share the sequence).
+    markers: u64,
+    /// The checksum's snapshot session, and its hash expressions.
+    checksum_conn: Option<Conn>,
+    hashing: Option<checksum::Hashing>,
 }
 
 impl MyBackend {
@@ -177,6 +185,9 @@ impl MyBackend {
             binlog_status: "SHOW MASTER STATUS",
             lock_view: None,
             marker_conn: None,
+            markers: 0,
+            checksum_conn: None,
+            hashing: None,
         })
     }
 
@@ -190,6 +201,11 @@ impl MyBackend {
         self.shadow
             .as_ref()
             .ok_or_else(|| Error::Stream("the shadow table was not created".into()))
+    }
+
+    fn next_marker(&mut self) -> u64 {
+        self.markers += 1;
+        self.markers
     }
 
     /// A new session of ours, remembered so an interrupted run can end it.
@@ -278,8 +294,31 @@ impl Backend for MyBackend {
         ))
     }
 
-    async fn cleanup(&mut self, succeeded: bool) -> Result<()> {
-        cleanup::after_run(self, succeeded).await
+    async fn checksum_begin(
+        &mut self,
+        lock_timeout: Duration,
+    ) -> Result<std::result::Result<Duration, String>> {
+        checksum::begin(self, lock_timeout).await
+    }
+
+    async fn checksum_chunk(&mut self, after: Option<&Key>, rows: u64) -> Result<ChunkCheck> {
+        checksum::chunk(self, after, rows).await
+    }
+
+    async fn checksum_end(&mut self) -> Result<()> {
+        checksum::end(self).await
+    }
+
+    async fn checksum_repair(
+        &mut self,
+        ranges: &[KeyRange],
+        lock_timeout: Duration,
+    ) -> Result<Repair> {
+        checksum::repair(self, ranges, lock_timeout).await
+    }
+
+    async fn cleanup(&mut self, succeeded: bool, keep_shadow: bool) -> Result<()> {
+        cleanup::after_run(self, succeeded, keep_shadow).await
     }
 }
 

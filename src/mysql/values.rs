@@ -234,7 +234,7 @@ fn double_literal(f: f64, sql: &mut String) -> Result<(), String> {
 
 /// The members of `enum('a','b')` or `set('a','b')` as information_schema writes them (quotes
 /// doubled inside members).
-fn members(column_type: &str) -> Option<Vec<String>> {
+pub(super) fn members(column_type: &str) -> Option<Vec<String>> {
     let open = column_type.find('(')?;
     let close = column_type.rfind(')')?;
     let list = column_type.get(open + 1..close)?;

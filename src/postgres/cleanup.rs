@@ -45,11 +45,12 @@ async fn drop_slot(client: &Client, slot: &str) -> Result<()> {
     )))
 }
 
-pub async fn after_run(b: &mut PgBackend, succeeded: bool) -> Result<()> {
+pub async fn after_run(b: &mut PgBackend, succeeded: bool, keep_shadow: bool) -> Result<()> {
     if let Some(tail) = b.tail.take() {
         tail.stop();
     }
     b.copier = None;
+    b.checksum_session = None;
     let Some(names) = b.names.clone() else {
         return Ok(()); // the plan failed: nothing was created
     };
@@ -89,7 +90,7 @@ pub async fn after_run(b: &mut PgBackend, succeeded: bool) -> Result<()> {
                 .await
                 .ctx("dropping the old table")?;
         }
-    } else if b.created_shadow {
+    } else if b.created_shadow && !keep_shadow {
         drop_shadow(&client, &names).await?;
     }
     Ok(())

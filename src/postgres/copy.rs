@@ -19,6 +19,20 @@ fn key_texts(key: Option<&Key>) -> Vec<String> {
 }
 
 pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Result<Option<Key>> {
+    let copier = b
+        .copier
+        .as_ref()
+        .ok_or_else(|| Error::Stream("no copy session".into()))?;
+    chunk_end_on(b, copier, after, rows).await
+}
+
+/// The key that ends a chunk of `rows` rows after `after`, read in `client`'s session.
+pub async fn chunk_end_on(
+    b: &PgBackend,
+    client: &tokio_postgres::Client,
+    after: Option<&Key>,
+    rows: u64,
+) -> Result<Option<Key>> {
     let table = b.table()?;
     let source = b.names()?.source();
     // Aliased: a bare `ORDER BY id` would sort by the output column `id::text`, in text order,
@@ -41,11 +55,7 @@ pub async fn chunk_end(b: &mut PgBackend, after: Option<&Key>, rows: u64) -> Res
         rows.saturating_sub(1)
     );
     let values = key_texts(after);
-    let copier = b
-        .copier
-        .as_ref()
-        .ok_or_else(|| Error::Stream("no copy session".into()))?;
-    let row = copier
+    let row = client
         .query_opt(&sql, &super::text_params(&values))
         .await
         .ctx("finding the chunk's end")?;

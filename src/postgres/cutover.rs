@@ -16,10 +16,11 @@ use crate::engine::backend::Attempt;
 use crate::error::{Error, PgContext, Result};
 
 /// One attempt; the original table is in place and unchanged unless it reports a swap.
-pub async fn attempt(b: &mut PgBackend, attempt: u32, lock_timeout: Duration) -> Result<Attempt> {
+pub async fn attempt(b: &mut PgBackend, lock_timeout: Duration) -> Result<Attempt> {
     let names = b.names()?.clone();
     let (client, marker_client) = sessions(b).await?;
     let swap = swap_statements(&client, b, &names).await?;
+    let next_marker = b.next_marker();
     let tail = b
         .tail
         .as_ref()
@@ -47,7 +48,7 @@ pub async fn attempt(b: &mut PgBackend, attempt: u32, lock_timeout: Duration) ->
         Ok(()) => {
             // Every write to the table committed before this message: once the applier
             // reaches it, the shadow table holds them all.
-            let marker = u64::from(attempt);
+            let marker = next_marker;
             super::tail::emit(&marker_client, tail.prefix(), &format!("cutover:{marker}")).await?;
             if tail.wait_marker(marker, lock_timeout).await? {
                 let swapped = client.batch_execute(&swap).await.ctx("swapping the tables");

@@ -2,6 +2,7 @@
 //! (pgoutput) tail and applier, and a rename cut-over under `lock_timeout`.
 
 mod apply;
+mod checksum;
 mod cleanup;
 mod conn;
 mod copy;
@@ -19,7 +20,9 @@ use tokio_postgres::Client;
 use std::time::Duration;
 
 use crate::control::Steering;
-use crate::engine::backend::{Attempt, Backend, Blocker, PlanReport, Shared};
+use crate::engine::backend::{
+    Attempt, Backend, Blocker, ChunkCheck, KeyRange, PlanReport, Repair, Shared,
+};
 use crate::engine::plan::{parse_alter, AlterSpec};
 use crate::engine::progress::Progress;
 use crate::engine::watermark::{Key, Watermark};
@@ -113,6 +116,11 @@ pub struct PgBackend {
     expected_shape: Option<String>,
     /// Cut-over's lock-and-swap session and its marker session, kept across attempts.
     cutover_sessions: Option<(Arc<Client>, Arc<Client>)>,
+    /// The last stream marker emitted (cut-over and checksum drains share the sequence).
+    markers: u64,
+    /// The checksum's snapshot session, and its hash expressions.
+    checksum_session: Option<Client>,
+    hashing: Option<checksum::Hashing>,
 }
 
 impl PgBackend {
@@ -145,6 +153,9 @@ impl PgBackend {
             deferred_indexes: Vec::new(),
             expected_shape: None,
             cutover_sessions: None,
+            markers: 0,
+            checksum_session: None,
+            hashing: None,
         })
     }
 
@@ -158,6 +169,11 @@ impl PgBackend {
         self.names
             .as_ref()
             .ok_or_else(|| Error::Stream("the table was not inspected".into()))
+    }
+
+    fn next_marker(&mut self) -> u64 {
+        self.markers += 1;
+        self.markers
     }
 
     fn shadow(&self) -> Result<&ShadowInfo> {
@@ -223,7 +239,8 @@ impl Backend for PgBackend {
     }
 
     async fn cutover_attempt(&mut self, attempt: u32, lock_timeout: Duration) -> Result<Attempt> {
-        cutover::attempt(self, attempt, lock_timeout).await
+        let _ = attempt; // markers number the drains, attempts only the log
+        cutover::attempt(self, lock_timeout).await
     }
 
     async fn blockers(&mut self) -> Result<Vec<Blocker>> {
@@ -274,8 +291,31 @@ impl Backend for PgBackend {
         ))
     }
 
-    async fn cleanup(&mut self, succeeded: bool) -> Result<()> {
-        cleanup::after_run(self, succeeded).await
+    async fn checksum_begin(
+        &mut self,
+        lock_timeout: Duration,
+    ) -> Result<std::result::Result<Duration, String>> {
+        checksum::begin(self, lock_timeout).await
+    }
+
+    async fn checksum_chunk(&mut self, after: Option<&Key>, rows: u64) -> Result<ChunkCheck> {
+        checksum::chunk(self, after, rows).await
+    }
+
+    async fn checksum_end(&mut self) -> Result<()> {
+        checksum::end(self).await
+    }
+
+    async fn checksum_repair(
+        &mut self,
+        ranges: &[KeyRange],
+        lock_timeout: Duration,
+    ) -> Result<Repair> {
+        checksum::repair(self, ranges, lock_timeout).await
+    }
+
+    async fn cleanup(&mut self, succeeded: bool, keep_shadow: bool) -> Result<()> {
+        cleanup::after_run(self, succeeded, keep_shadow).await
     }
 }
 

@@ -1,0 +1,198 @@
+//! The checksum before cut-over, the same for both servers: open a consistent view of source
+//! and shadow (writes held off the table for a moment while the applier drains), compare them
+//! chunk by chunk in key order with hash aggregates on the server, then copy the chunks that
+//! differ again under the write lock and compare them row by row. A difference that persists
+//! refuses the cut-over and leaves both tables for inspection.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use crate::control::reporter::eprintln_above;
+use crate::engine::backend::{backoff, Backend, KeyRange, Shared};
+use crate::engine::copy::ChunkTuner;
+use crate::engine::progress::Phase;
+use crate::error::{Error, Result};
+
+/// Chunks bigger than this are not worth it: one hash query holds the snapshot anyway.
+const MAX_CHUNK: u64 = 100_000;
+/// Attempts at the write lock, for the view or a repair, before giving up.
+const LOCK_ATTEMPTS: u32 = 30;
+/// More differing chunks than this is not a stray row but a fault: refuse rather than hold
+/// the table's writes for a long repair.
+const MAX_REPAIRED_CHUNKS: usize = 100;
+
+/// What the checksum did, for the final report.
+#[derive(Clone, Debug, Default)]
+pub struct ChecksumReport {
+    pub rows: u64,
+    pub chunks: u64,
+    /// Chunks that differed and were copied again.
+    pub repaired: u64,
+    pub time: Duration,
+    /// How long the application's writes could have waited on the checksum's locks.
+    pub stall: Duration,
+}
+
+pub async fn run<B: Backend>(
+    backend: &mut B,
+    shared: &Shared,
+    lock_timeout: Duration,
+) -> Result<ChecksumReport> {
+    let (progress, steering) = (&shared.progress, &shared.steering);
+    let started = Instant::now();
+    progress.set_phase(Phase::Checksum);
+    let mut report = ChecksumReport::default();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        steering.wait_unthrottled(|| backend.check_tail()).await?;
+        if let Some(stop) = steering.stop_reason() {
+            return Err(Error::Interrupted(stop));
+        }
+        match backend.checksum_begin(lock_timeout).await? {
+            Ok(stall) => {
+                report.stall += stall;
+                break;
+            }
+            Err(why) if attempt < LOCK_ATTEMPTS => {
+                tracing::warn!(
+                    "checksum: opening the view, attempt {attempt}: {why}; trying again"
+                );
+                wait(backend, shared, backoff(attempt)).await?;
+            }
+            Err(why) => return Err(Error::Cutover(format!("checksum: opening the view: {why}"))),
+        }
+    }
+    let compared = compare(backend, shared, &mut report).await;
+    let closed = backend.checksum_end().await;
+    let differing = compared?;
+    closed?;
+    if !differing.is_empty() {
+        if differing.len() > MAX_REPAIRED_CHUNKS {
+            return Err(Error::Checksum(format!(
+                "{} chunks differ between the table and the shadow table (the first after key \
+                 {}); that is no stray row: cut-over refused, both tables are left as they are",
+                differing.len(),
+                describe(&differing[0])
+            )));
+        }
+        report.repaired = differing.len() as u64;
+        progress.checksum_repaired.store(report.repaired, Relaxed);
+        eprintln_above(&format!(
+            "swivel: checksum: {} chunk(s) differ; copying them again",
+            differing.len()
+        ));
+        let mut attempt = 0;
+        let repair = loop {
+            attempt += 1;
+            steering.wait_unthrottled(|| backend.check_tail()).await?;
+            let repair = backend.checksum_repair(&differing, lock_timeout).await?;
+            report.stall += repair.stall;
+            match repair.retry {
+                None => break repair,
+                Some(why) if attempt < LOCK_ATTEMPTS => {
+                    tracing::warn!("checksum repair attempt {attempt}: {why}; trying again");
+                    wait(backend, shared, backoff(attempt)).await?;
+                }
+                Some(why) => return Err(Error::Cutover(format!("checksum repair: {why}"))),
+            }
+        };
+        if !repair.still_differ.is_empty() {
+            let shown: Vec<&str> = repair
+                .still_differ
+                .iter()
+                .take(20)
+                .map(String::as_str)
+                .collect();
+            return Err(Error::Checksum(format!(
+                "{} row(s) still differ after copying them again, keys {}{}: cut-over refused; \
+                 the table and the shadow table are left as they are for inspection \
+                 (`swivel cleanup` removes the shadow)",
+                repair.still_differ.len(),
+                shown.join(", "),
+                if repair.still_differ.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            )));
+        }
+    }
+    report.time = started.elapsed();
+    eprintln_above(&format!(
+        "swivel: checksum: {} rows in {} chunks equal{} in {}",
+        report.rows,
+        report.chunks,
+        if report.repaired > 0 {
+            format!(" after copying {} chunk(s) again", report.repaired)
+        } else {
+            String::new()
+        },
+        format_secs(report.time)
+    ));
+    Ok(report)
+}
+
+/// Walk the table in the view; the ranges that differ.
+async fn compare<B: Backend>(
+    backend: &mut B,
+    shared: &Shared,
+    report: &mut ChecksumReport,
+) -> Result<Vec<KeyRange>> {
+    let (progress, steering) = (&shared.progress, &shared.steering);
+    let mut tuner = ChunkTuner::new(1000, steering.knobs().target_chunk_time, MAX_CHUNK);
+    let mut after = None;
+    let mut differing = Vec::new();
+    loop {
+        steering.wait_unthrottled(|| backend.check_tail()).await?;
+        if let Some(stop) = steering.stop_reason() {
+            return Err(Error::Interrupted(stop));
+        }
+        let started = Instant::now();
+        let chunk = backend.checksum_chunk(after.as_ref(), tuner.size()).await?;
+        tuner.observe(chunk.rows, started.elapsed());
+        report.rows += chunk.rows;
+        report.chunks += 1;
+        progress.checksum_rows.store(report.rows, Relaxed);
+        if !chunk.equal {
+            tracing::warn!(
+                "checksum: the chunk after key {} differs",
+                after.as_ref().map_or("(start)".into(), key_text)
+            );
+            differing.push(KeyRange {
+                after: after.clone(),
+                upto: chunk.upto.clone(),
+            });
+        }
+        match chunk.upto {
+            Some(k) => after = Some(k),
+            None => return Ok(differing),
+        }
+    }
+}
+
+async fn wait<B: Backend>(backend: &B, shared: &Shared, d: Duration) -> Result<()> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        backend.check_tail()?;
+        if let Some(stop) = shared.steering.stop_reason() {
+            return Err(Error::Interrupted(stop));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Seconds with one decimal: a checksum often takes less than one.
+fn format_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn key_text(key: &crate::engine::watermark::Key) -> String {
+    let parts: Vec<String> = key.iter().map(|p| p.to_sql_text()).collect();
+    format!("({})", parts.join(", "))
+}
+
+fn describe(range: &KeyRange) -> String {
+    range.after.as_ref().map_or("(start)".into(), key_text)
+}
