@@ -50,7 +50,16 @@ impl Error {
                 }
                 (m, Some(db.code().code().to_string()))
             }
-            None => (e.to_string(), None),
+            None => {
+                // A failed TLS handshake says why only in its sources.
+                let mut m = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    m.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                (m, None)
+            }
         };
         Error::Database {
             context: context.to_string(),

@@ -11,7 +11,10 @@
 # PostgreSQL: 127.0.0.1:55432, wal_level=logical, database swivel, user postgres (trust);
 #             127.0.0.1:55433, wal_level=replica, a separate server (refusal tests);
 #             127.0.0.1:55434, a streaming standby of 55432 (replica-lag throttling).
+#             55432 speaks TLS (certificates in $base/tls: ca.crt signed server.crt for localhost
+#             and 127.0.0.1; other-ca.crt signed nothing); role swivel_tls may connect only so.
 # MariaDB:    127.0.0.1:33306, binlog ROW / FULL, database swivel, user root (no password);
+#             TLS as PostgreSQL; user swivel_tls@127.0.0.1 REQUIRE SSL;
 #             127.0.0.1:33307, a replica of 33306 for database swivel_repl only (replica-lag
 #             throttling; it starts at the primary's position when it is made, so the other
 #             databases' history never reaches it).
@@ -117,6 +120,51 @@ start_pg() {
     log "PostgreSQL ($wal) ready: postgres://postgres@127.0.0.1:$port/swivel"
 }
 
+# A CA and a server certificate (localhost, 127.0.0.1) signed by it, made once; and a second
+# CA that signed nothing, for the tests that must refuse a server they cannot verify.
+tls_dir=$base/tls
+make_certs() {
+    [ -f "$tls_dir/server.crt" ] && [ -f "$tls_dir/other-ca.crt" ] && return 0
+    mkdir -p "$tls_dir"
+    log "making TLS certificates in $tls_dir"
+    (
+        cd "$tls_dir"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=swivel testbed CA" \
+            -keyout ca.key -out ca.crt
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile server.ext -out server.crt
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=some other CA" \
+            -keyout other-ca.key -out other-ca.crt
+        chmod 644 ca.crt server.crt other-ca.crt
+    ) >"$base/tls.log" 2>&1 || { log "openssl failed; see $base/tls.log"; exit 1; }
+}
+
+# TLS on the logical PostgreSQL (ssl settings reload without a restart), and a role that may
+# connect only over TLS: the TLS tests use it to prove every session of swivel's is encrypted.
+pg_tls() {
+    local dir=$1 port=$2
+    cp "$tls_dir/server.crt" "$dir/server.crt"; cp "$tls_dir/server.key" "$dir/server.key"
+    chmod 600 "$dir/server.key"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$dir/server.crt" "$dir/server.key"; fi
+    local hba="$dir/data/pg_hba.conf"
+    if ! grep -q swivel_tls "$hba"; then
+        as_pg sh -c "printf 'hostnossl all swivel_tls 0.0.0.0/0 reject\nhostnossl replication swivel_tls 0.0.0.0/0 reject\n' | cat - '$hba' >'$hba.new' && mv '$hba.new' '$hba'"
+    fi
+    psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qtA >/dev/null <<SQL
+ALTER SYSTEM SET ssl_cert_file = '$dir/server.crt';
+ALTER SYSTEM SET ssl_key_file = '$dir/server.key';
+ALTER SYSTEM SET ssl = on;
+SELECT pg_reload_conf();
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'swivel_tls') THEN
+    CREATE ROLE swivel_tls LOGIN SUPERUSER REPLICATION;
+  END IF;
+END \$\$;
+SQL
+}
+
 my_server() { command -v mariadbd || command -v mysqld; }
 my_client() { command -v mariadb || command -v mysql; }
 # my_running DIR
@@ -152,11 +200,20 @@ SQL
 }
 
 start_mariadb() {
-    run_mariadb "$my_dir" "$my_port" 1 --log-bin="$my_dir/data/binlog" --binlog-format=ROW \
+    # TLS options take effect only at start: restart a server that runs without them.
+    if my_running "$my_dir" && ! "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot -Nse \
+        "SELECT @@have_ssl" | grep -q YES; then
+        log "restarting MariaDB in $my_dir with TLS"
+        stop_mariadb "$my_dir"
+    fi
+    run_mariadb "$my_dir" "$my_port" 1 --ssl-ca="$tls_dir/ca.crt" --ssl-cert="$tls_dir/server.crt" \
+        --ssl-key="$tls_dir/server.key" --log-bin="$my_dir/data/binlog" --binlog-format=ROW \
         --binlog-row-image=FULL --binlog-row-metadata=FULL
     "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot <<SQL
 CREATE DATABASE IF NOT EXISTS swivel;
 CREATE DATABASE IF NOT EXISTS swivel_repl;
+CREATE USER IF NOT EXISTS 'swivel_tls'@'127.0.0.1' REQUIRE SSL;
+GRANT ALL PRIVILEGES ON *.* TO 'swivel_tls'@'127.0.0.1' WITH GRANT OPTION;
 SQL
     # swivel's cut-over reads who holds which metadata lock; the plugin ships with the server.
     if ! "$(my_client)" --socket="$my_dir/mysqld.sock" -uroot -Nse \
@@ -185,6 +242,19 @@ SQL
     log "MariaDB (replica of $my_port, database swivel_repl) ready: mysql://root@127.0.0.1:$replica_port/swivel_repl"
 }
 
+# stop_mariadb DIR
+stop_mariadb() {
+    local dir=$1
+    if [ -f "$dir/mysqld.pid" ]; then
+        local pid; pid=$(cat "$dir/mysqld.pid")
+        kill "$pid" 2>/dev/null || true
+        local i
+        for i in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        rm -f "$dir/mysqld.pid"
+        log "MariaDB in $dir stopped"
+    fi
+}
+
 stop_all() {
     local dir
     for dir in "$standby_dir" "$pg_dir" "$plain_dir"; do
@@ -193,16 +263,7 @@ stop_all() {
             log "PostgreSQL in $dir stopped"
         fi
     done
-    for dir in "$replica_dir" "$my_dir"; do
-        if [ -f "$dir/mysqld.pid" ]; then
-            local pid; pid=$(cat "$dir/mysqld.pid")
-            kill "$pid" 2>/dev/null || true
-            local i
-            for i in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-            rm -f "$dir/mysqld.pid"
-            log "MariaDB in $dir stopped"
-        fi
-    done
+    for dir in "$replica_dir" "$my_dir"; do stop_mariadb "$dir"; done
 }
 
 case "${1:-start}" in
@@ -212,7 +273,9 @@ case "${1:-start}" in
         # One start at a time (tests may call this concurrently).
         exec 9>"$base/.lock"
         flock 9
+        make_certs
         start_pg "$pg_dir" "$pg_port" logical
+        pg_tls "$pg_dir" "$pg_port"
         start_pg "$plain_dir" "$plain_port" replica
         start_pg_standby
         start_mariadb

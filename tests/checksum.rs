@@ -235,6 +235,63 @@ async fn persistent_difference_refuses_cut_over(server: Server) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A transaction writing the table keeps the checksum's lock away: the checksum keeps trying
+/// (the copy is never thrown away over a lock), names the session, and with
+/// `--force-cut-over-after` ends it, as cut-over would.
+async fn blocker_is_waited_out_then_ended(server: Server) {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let table = format!("cks_blocked_{}", format!("{server:?}").to_lowercase());
+    let dir = scratch(&table);
+    let mut db = Db::connect(server).await;
+    make_table(&mut db, server, &table).await;
+    let (socket, flag) = (dir.join("control.sock"), dir.join("postpone.flag"));
+    std::fs::write(&flag, "").unwrap();
+    let mut opts = RunOptions::new(server.dsn(), &table, alter(server));
+    opts.execute = true;
+    opts.serve_socket_file = Some(socket.clone());
+    opts.knobs.postpone_cut_over_flag_file = Some(flag);
+    opts.cut_over_lock_timeout = Duration::from_millis(300);
+    opts.force_cut_over_after = Some(Duration::from_secs(2));
+    let run = tokio::spawn(swivel::run(opts, std::future::pending()));
+    wait_status(&socket, 60, "the postponed cut-over", |s| {
+        s["phase"] == "catch-up" && !s["postponed"].is_null()
+    })
+    .await;
+    let mut blocker = Db::connect(server).await;
+    blocker
+        .exec(&format!("BEGIN; UPDATE {table} SET k = k WHERE id = 1"))
+        .await
+        .unwrap();
+    control(&socket, "unpostpone").await;
+    let outcome = run.await.unwrap();
+    match outcome {
+        Ok(Outcome::Migrated(stats)) => {
+            let k = stats.checksum.expect("the checksum ran");
+            assert_eq!(k.repaired, 0, "{server:?}: {k:?}");
+        }
+        other => panic!("{server:?}: the run must outlast the blocker: {other:?}"),
+    }
+    assert!(
+        blocker.exec("COMMIT").await.is_err(),
+        "{server:?}: --force-cut-over-after must have ended the blocking session"
+    );
+    db.reset(&table).await;
+    db.assert_nothing_left(&table).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_blocker_is_waited_out_then_ended() {
+    common::testbed();
+    blocker_is_waited_out_then_ended(Server::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mariadb_blocker_is_waited_out_then_ended() {
+    common::testbed();
+    blocker_is_waited_out_then_ended(Server::MariaDb).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_differing_rows_are_copied_again() {
     common::testbed();

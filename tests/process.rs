@@ -128,7 +128,9 @@ async fn queued(db: &mut Db, waiting: &str) -> bool {
     db.rows(waiting).await[0][0].as_deref() != Some("0")
 }
 
-/// `kill -9` while cut-over waits for its lock behind a blocking transaction: the server drops
+/// `kill -9` while swivel waits for its write lock behind a blocking transaction (on
+/// PostgreSQL the writer blocks the checksum's lock, which comes first; on MariaDB a reader
+/// lets the checksum's READ lock through and blocks cut-over's): the server drops
 /// the dead session's lock request well before its 20s lock timeout, so the application's
 /// writes do not wait behind a ghost (PostgreSQL: `client_connection_check_interval`; MariaDB:
 /// one-second `max_statement_time` slices); the original table is intact, and `swivel cleanup`
@@ -150,7 +152,7 @@ async fn killed_at_cut_over(server: Server) {
             format!(
                 "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.relation = '{table}'::regclass AND NOT l.granted
-                   AND a.application_name = 'swivel-cutover'"
+                   AND a.application_name IN ('swivel-cutover', 'swivel-checksum-lock')"
             ),
             format!(
                 "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \

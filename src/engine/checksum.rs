@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use crate::control::reporter::eprintln_above;
 use crate::engine::backend::{backoff, Backend, KeyRange, Shared};
 use crate::engine::copy::ChunkTuner;
+use crate::engine::cutover::name_and_force_blockers;
 use crate::engine::progress::Phase;
 use crate::error::{Error, Result};
+use crate::options::RunOptions;
 
 /// Chunks bigger than this are not worth it: one hash query holds the snapshot anyway.
 const MAX_CHUNK: u64 = 100_000;
-/// Attempts at the write lock, for the view or a repair, before giving up.
-const LOCK_ATTEMPTS: u32 = 30;
 /// More differing chunks than this is not a stray row but a fault: refuse rather than hold
 /// the table's writes for a long repair.
 const MAX_REPAIRED_CHUNKS: usize = 100;
@@ -36,8 +36,9 @@ pub struct ChecksumReport {
 pub async fn run<B: Backend>(
     backend: &mut B,
     shared: &Shared,
-    lock_timeout: Duration,
+    opts: &RunOptions,
 ) -> Result<ChecksumReport> {
+    let lock_timeout = opts.cut_over_lock_timeout;
     let (progress, steering) = (&shared.progress, &shared.steering);
     let started = Instant::now();
     progress.set_phase(Phase::Checksum);
@@ -54,13 +55,13 @@ pub async fn run<B: Backend>(
                 report.stall += stall;
                 break;
             }
-            Err(why) if attempt < LOCK_ATTEMPTS => {
-                tracing::warn!(
-                    "checksum: opening the view, attempt {attempt}: {why}; trying again"
-                );
+            // Like cut-over, never give up the copy over a lock: name who is in the way (and
+            // end them with --force-cut-over-after), back off, try again.
+            Err(why) => {
+                let label = format!("checksum: opening the view, attempt {attempt}");
+                name_and_force_blockers(backend, opts, &label, &why).await;
                 wait(backend, shared, backoff(attempt)).await?;
             }
-            Err(why) => return Err(Error::Cutover(format!("checksum: opening the view: {why}"))),
         }
     }
     let compared = compare(backend, shared, &mut report).await;
@@ -90,11 +91,11 @@ pub async fn run<B: Backend>(
             report.stall += repair.stall;
             match repair.retry {
                 None => break repair,
-                Some(why) if attempt < LOCK_ATTEMPTS => {
-                    tracing::warn!("checksum repair attempt {attempt}: {why}; trying again");
+                Some(why) => {
+                    let label = format!("checksum repair, attempt {attempt}");
+                    name_and_force_blockers(backend, opts, &label, &why).await;
                     wait(backend, shared, backoff(attempt)).await?;
                 }
-                Some(why) => return Err(Error::Cutover(format!("checksum repair: {why}"))),
             }
         };
         if !repair.still_differ.is_empty() {
@@ -119,17 +120,6 @@ pub async fn run<B: Backend>(
         }
     }
     report.time = started.elapsed();
-    eprintln_above(&format!(
-        "swivel: checksum: {} rows in {} chunks equal{} in {}",
-        report.rows,
-        report.chunks,
-        if report.repaired > 0 {
-            format!(" after copying {} chunk(s) again", report.repaired)
-        } else {
-            String::new()
-        },
-        format_secs(report.time)
-    ));
     Ok(report)
 }
 
@@ -181,11 +171,6 @@ async fn wait<B: Backend>(backend: &B, shared: &Shared, d: Duration) -> Result<(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-/// Seconds with one decimal: a checksum often takes less than one.
-fn format_secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
 }
 
 fn key_text(key: &crate::engine::watermark::Key) -> String {

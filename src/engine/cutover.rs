@@ -55,7 +55,7 @@ pub async fn run<B: Backend>(
         } else if backend.lag() > steering.max_lag() {
             Some(String::new()) // catching up: the progress line shows the lag
         } else if !opts.skip_checksum && checksum.is_none() {
-            checksum = Some(checksum::run(backend, shared, opts.cut_over_lock_timeout).await?);
+            checksum = Some(checksum::run(backend, shared, opts).await?);
             continue; // the applier may have fallen behind meanwhile
         } else if let Err(e) = hooks.run(Hook::BeforeCutOver, progress, &[]).await {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -94,32 +94,8 @@ pub async fn run<B: Backend>(
             return Ok((report, checksum));
         }
         in_a_row += 1;
-        let blockers = backend.blockers().await.unwrap_or_else(|e| {
-            tracing::warn!("listing the sessions in cut-over's way: {e}");
-            Vec::new()
-        });
-        let named: Vec<String> = blockers.iter().map(|b| b.to_string()).collect();
-        tracing::warn!(
-            "cut-over attempt {}: {}; the table is released and unchanged{}",
-            report.attempts,
-            attempt.why,
-            if named.is_empty() {
-                String::new()
-            } else {
-                format!("; in the way: {}", named.join("; "))
-            }
-        );
-        if let Some(after) = opts.force_cut_over_after {
-            for b in blockers.iter().filter(|b| b.transaction_age >= Some(after)) {
-                tracing::warn!(
-                    "--force-cut-over-after {}: ending {b}",
-                    format_duration(after)
-                );
-                if let Err(e) = backend.kill_blocker(b).await {
-                    tracing::warn!("ending {b}: {e}");
-                }
-            }
-        }
+        let label = format!("cut-over attempt {}", report.attempts);
+        name_and_force_blockers(backend, opts, &label, &attempt.why).await;
         if opts
             .cut_over_max_wait
             .is_some_and(|max| since.elapsed() >= max)
@@ -144,6 +120,40 @@ pub async fn run<B: Backend>(
             wait_caught_up(backend, steering, BETWEEN_ROUNDS).await?;
         } else {
             wait_caught_up(backend, steering, backoff(in_a_row)).await?;
+        }
+    }
+}
+
+/// After a failed lock attempt (cut-over's or the checksum's): say why and name the sessions
+/// in the way; with `--force-cut-over-after`, end those whose transaction is older.
+pub async fn name_and_force_blockers<B: Backend>(
+    backend: &mut B,
+    opts: &RunOptions,
+    label: &str,
+    why: &str,
+) {
+    let blockers = backend.blockers().await.unwrap_or_else(|e| {
+        tracing::warn!("listing the sessions in the lock's way: {e}");
+        Vec::new()
+    });
+    let named: Vec<String> = blockers.iter().map(|b| b.to_string()).collect();
+    tracing::warn!(
+        "{label}: {why}; the table is released and unchanged{}",
+        if named.is_empty() {
+            String::new()
+        } else {
+            format!("; in the way: {}", named.join("; "))
+        }
+    );
+    if let Some(after) = opts.force_cut_over_after {
+        for b in blockers.iter().filter(|b| b.transaction_age >= Some(after)) {
+            tracing::warn!(
+                "--force-cut-over-after {}: ending {b}",
+                format_duration(after)
+            );
+            if let Err(e) = backend.kill_blocker(b).await {
+                tracing::warn!("ending {b}: {e}");
+            }
         }
     }
 }

@@ -3,10 +3,11 @@
 
 use std::str::FromStr;
 
-use pgwire_replication::{Lsn, ReplicationConfig, TlsConfig};
-use tokio_postgres::config::Host;
+use pgwire_replication::{Lsn, ReplicationConfig};
+use tokio_postgres::config::{Host, SslMode as PgSslMode};
 use tokio_postgres::{Client, NoTls};
 
+use super::tls::{PgTls, SslMode};
 use crate::error::{Error, PgContext, Result};
 
 /// Session settings that make values print and parse the same way on every connection: the
@@ -20,6 +21,7 @@ const SESSION_OPTIONS: &str =
 #[derive(Clone)]
 pub struct PgTarget {
     config: tokio_postgres::Config,
+    tls: PgTls,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -32,7 +34,8 @@ impl PgTarget {
     /// Parse a postgres:// URL. The password comes from the URL, else `password`, else
     /// `PGPASSWORD`.
     pub fn parse(dsn: &str, password: Option<&str>) -> Result<Self> {
-        let mut config = tokio_postgres::Config::from_str(dsn).map_err(|e| {
+        let (tls, dsn) = PgTls::from_url(dsn)?;
+        let mut config = tokio_postgres::Config::from_str(&dsn).map_err(|e| {
             Error::refused(format!(
                 "the connection URL does not parse ({e}); use postgres://user@host:port/db"
             ))
@@ -51,7 +54,12 @@ impl PgTarget {
         if config.get_hosts().is_empty() {
             config.host("localhost");
         }
-        Ok(PgTarget { config })
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            _ => PgSslMode::Require,
+        });
+        Ok(PgTarget { config, tls })
     }
 
     /// The parsed connection settings (for tools run beside swivel, such as `swivel bench`'s
@@ -85,15 +93,28 @@ impl PgTarget {
     pub async fn connect(&self, role: &str) -> Result<(Client, i32)> {
         let mut config = self.config.clone();
         config.application_name(format!("swivel-{role}"));
-        let (client, connection) = config
-            .connect(NoTls)
-            .await
-            .map_err(|e| Error::pg(format!("connecting to {}", self.describe()), e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection closed: {e}");
+        let failed = |e| Error::pg(format!("connecting to {}", self.describe()), e);
+        let client = match self.tls.client_config()? {
+            None => {
+                let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("connection closed: {e}");
+                    }
+                });
+                client
             }
-        });
+            Some(tls) => {
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+                let (client, connection) = config.connect(connector).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!("connection closed: {e}");
+                    }
+                });
+                client
+            }
+        };
         client
             .batch_execute(SESSION_SETTINGS)
             .await
@@ -118,6 +139,7 @@ impl PgTarget {
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default();
+        let tls = self.tls.replication(&host);
         let cfg = ReplicationConfig::new(
             host,
             self.config.get_user().unwrap_or("postgres"),
@@ -127,7 +149,7 @@ impl PgTarget {
             publication,
         )
         .with_port(self.port())
-        .with_tls(TlsConfig::disabled())
+        .with_tls(tls)
         .with_start_lsn(Lsn::ZERO)
         .with_status_interval(std::time::Duration::from_secs(1))
         .with_buffer_size(4096)

@@ -12,6 +12,7 @@ pub mod pgoutput;
 mod probe;
 mod shadow;
 mod tail;
+mod tls;
 
 use std::sync::Arc;
 
