@@ -16,6 +16,9 @@ pub enum Error {
         context: String,
         message: String,
         code: Option<String>,
+        /// The session is gone (network, server restart, ended by an administrator): what it
+        /// ran may be done again on a new one.
+        lost: bool,
     },
     /// The change stream failed or sent something we cannot replay.
     #[error("change stream: {0}")]
@@ -42,6 +45,15 @@ impl Error {
 
     /// A PostgreSQL error with the step it happened in, showing the server's own message.
     pub fn pg(context: impl fmt::Display, e: tokio_postgres::Error) -> Self {
+        // Class 08 (connection exception), 57P01-03 (terminated by an administrator, crash,
+        // cannot connect now), or no reply at all.
+        let lost = e.is_closed()
+            || match e.code() {
+                Some(c) => {
+                    c.code().starts_with("08") || matches!(c.code(), "57P01" | "57P02" | "57P03")
+                }
+                None => e.as_db_error().is_none(),
+            };
         let (message, code) = match e.as_db_error() {
             Some(db) => {
                 let mut m = db.message().to_string();
@@ -65,7 +77,14 @@ impl Error {
             context: context.to_string(),
             message,
             code,
+            lost,
         }
+    }
+
+    /// Whether the statement failed because its session is gone, so that it may be run again on
+    /// a new session.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::Database { lost: true, .. })
     }
 
     /// The SQLSTATE of a database error, if any.
@@ -92,6 +111,16 @@ impl Error {
     /// A MySQL/MariaDB error with the step it happened in; the code is the server's error
     /// number (e.g. "1205" for a lock wait timeout).
     pub fn my(context: impl fmt::Display, e: mysql_async::Error) -> Self {
+        // 1927: the session was killed; 1053: the server is shutting down; an I/O error or a
+        // closed connection on our side.
+        let lost = match &e {
+            mysql_async::Error::Server(s) => matches!(s.code, 1927 | 1053),
+            mysql_async::Error::Io(_) => true,
+            mysql_async::Error::Driver(d) => {
+                matches!(d, mysql_async::DriverError::ConnectionClosed)
+            }
+            _ => false,
+        };
         let (message, code) = match &e {
             mysql_async::Error::Server(s) => (s.message.clone(), Some(s.code.to_string())),
             other => (other.to_string(), None),
@@ -100,6 +129,7 @@ impl Error {
             context: context.to_string(),
             message,
             code,
+            lost,
         }
     }
 }

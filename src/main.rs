@@ -122,6 +122,10 @@ struct RunArgs {
     /// the longest the application's writes wait on one attempt.
     #[arg(long, default_value = "500ms", value_parser = duration)]
     cut_over_lock_timeout: Duration,
+    /// How often an operation whose session was lost (today: a chunk of the copy) is tried
+    /// again on a new session before the run gives up.
+    #[arg(long, default_value_t = 60)]
+    default_retries: u32,
     /// Swap without the checksum that otherwise compares the table and the shadow table,
     /// chunk by chunk, before cut-over.
     #[arg(long)]
@@ -350,6 +354,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     opts.cut_over_lock_timeout = args.cut_over_lock_timeout;
     opts.cut_over_retries = args.cut_over_retries;
     opts.skip_checksum = args.skip_checksum;
+    opts.default_retries = args.default_retries;
     opts.cut_over_max_wait = args.cut_over_max_wait;
     opts.force_cut_over_after = args.force_cut_over_after;
     opts.knobs.max_lag = args.max_lag_millis;

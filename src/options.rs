@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub max_retained_wal: u64,
     /// Swap without comparing source and shadow first.
     pub skip_checksum: bool,
+    /// How often a lost copy session is opened again before the run gives up (per chunk).
+    pub default_retries: u32,
 }
 
 impl RunOptions {
@@ -78,6 +80,7 @@ impl RunOptions {
             max_retained_wal: 1 << 30,
             announce: false,
             skip_checksum: false,
+            default_retries: 60,
         }
     }
 }

@@ -174,6 +174,9 @@ enum Fault {
     /// PostgreSQL: the heartbeat's session ended from the server side mid-copy; the run must
     /// reconnect it (without heartbeats the lag only grows and cut-over never starts).
     KillHeartbeat,
+    /// Kill the copy's session three times mid-copy: each time the chunk is copied again on a
+    /// new session (`--default-retries`), the run goes on.
+    KillCopier,
     /// Kill the session holding the checksum's write lock, once: a view opened without the
     /// lock would see writes the shadow lacks, so it must be thrown away and opened again.
     KillChecksumLocker,
@@ -325,6 +328,46 @@ async fn kill_heartbeat(stop: Arc<AtomicBool>) -> bool {
     }
 }
 
+/// End the copy's session three times while it works on a chunk; true if it did.
+async fn kill_copier(server: Server, table: String, stop: Arc<AtomicBool>) -> bool {
+    let mut db = Db::connect(server).await;
+    let find = match server {
+        Server::Postgres => {
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'swivel-copy' \
+                             AND state IN ('active', 'idle in transaction')"
+                .to_string()
+        }
+        Server::MariaDb => format!(
+            "SELECT id FROM information_schema.processlist \
+             WHERE info LIKE 'REPLACE INTO `swivel`.`_{table}_new`%'"
+        ),
+    };
+    let mut kills = 0;
+    while kills < 3 {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Some(id) = db
+            .rows(&find)
+            .await
+            .into_iter()
+            .next()
+            .and_then(|r| r[0].clone())
+        {
+            let kill = match server {
+                Server::Postgres => format!("SELECT pg_terminate_backend({id})"),
+                Server::MariaDb => format!("KILL {id}"),
+            };
+            // The session may have ended on its own meanwhile.
+            let _ = db.exec(&kill).await;
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
 /// Throttle and release the run every 150ms through its control socket; true if it did.
 async fn toggle_throttle(socket: std::path::PathBuf, stop: Arc<AtomicBool>) -> bool {
     let mut toggles = 0;
@@ -443,6 +486,14 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
             // without heartbeats could never cut over.
             opts.max_rows_per_second = Some(5000);
             Some(tokio::spawn(kill_heartbeat(killer_stop.clone())))
+        }
+        Fault::KillCopier => {
+            opts.max_rows_per_second = Some(5000);
+            Some(tokio::spawn(kill_copier(
+                server,
+                table.clone(),
+                killer_stop.clone(),
+            )))
         }
         Fault::ThrottleToggle => {
             let socket = common::socket_path(&format!("{server:?}-{table}"));
@@ -637,6 +688,11 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn copy_session_killed() {
+        run_model(Server::Postgres, 12, 20_000, Fault::KillCopier).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn heartbeat_session_killed() {
         run_model(Server::Postgres, 10, 20_000, Fault::KillHeartbeat).await;
     }
@@ -701,6 +757,11 @@ mod mariadb {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn checksum_lock_killed() {
         run_model(Server::MariaDb, 11, 20_000, Fault::KillChecksumLocker).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn copy_session_killed() {
+        run_model(Server::MariaDb, 12, 20_000, Fault::KillCopier).await;
     }
 
     /// The rename queues on the shadow table, not on the table: the attempt must not go on.

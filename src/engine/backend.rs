@@ -146,13 +146,17 @@ pub trait Backend {
     async fn chunk_end(&mut self, after: Option<&Key>, rows: u64) -> Result<Option<Key>>;
     /// Copy the rows with keys in (`after`, `upto`] into the shadow table; `discarded` are the
     /// transactions whose changes the applier dropped for keys not yet copied: the chunk must see
-    /// them. Returns the rows copied.
+    /// them. `again`: an earlier try of this chunk lost its session and may have committed, so
+    /// the range's rows in the shadow are replaced. Returns the rows copied.
     async fn copy_chunk(
         &mut self,
         after: Option<&Key>,
         upto: Option<&Key>,
         discarded: &[u64],
+        again: bool,
     ) -> Result<u64>;
+    /// The copy's session was lost: open a new one.
+    async fn reopen_copier(&mut self) -> Result<()>;
     /// Every row is copied: build what the copy deferred (secondary indexes) before cut-over.
     async fn copy_done(&mut self) -> Result<()>;
     /// Fails if the change stream or the applier has failed.

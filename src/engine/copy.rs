@@ -55,6 +55,7 @@ pub async fn copy_table<B: Backend>(
     shared: &Shared,
     initial_chunk: u64,
     max_rows_per_second: Option<u32>,
+    retries: u32,
 ) -> Result<()> {
     let (watermark, progress, steering) = (&shared.watermark, &shared.progress, &shared.steering);
     let limiter: Option<DefaultDirectRateLimiter> = max_rows_per_second
@@ -82,11 +83,33 @@ pub async fn copy_table<B: Backend>(
         // chunk back stops it.
         steering.wait_unthrottled(|| backend.check_tail()).await?;
         let started = Instant::now();
-        let upto = backend.chunk_end(after.as_ref(), tuner.size()).await?;
+        let mut lost = 0;
+        let upto = loop {
+            match backend.chunk_end(after.as_ref(), tuner.size()).await {
+                Err(e) if e.is_connection_lost() && lost < retries => {
+                    lost += 1;
+                    reopen(backend, &e, lost, retries).await?;
+                }
+                other => break other?,
+            }
+        };
         let discarded = watermark.begin_chunk(upto.clone());
-        let rows = backend
-            .copy_chunk(after.as_ref(), upto.as_ref(), &discarded)
-            .await?;
+        // The range stays published (its changes held) until the chunk is in, however many
+        // sessions that takes.
+        let mut again = false;
+        let rows = loop {
+            match backend
+                .copy_chunk(after.as_ref(), upto.as_ref(), &discarded, again)
+                .await
+            {
+                Err(e) if e.is_connection_lost() && lost < retries => {
+                    lost += 1;
+                    reopen(backend, &e, lost, retries).await?;
+                    again = true;
+                }
+                other => break other?,
+            }
+        };
         watermark.commit_chunk();
         progress.rows_copied.fetch_add(rows, Relaxed);
         let took = started.elapsed();
@@ -101,6 +124,21 @@ pub async fn copy_table<B: Backend>(
             None => return Ok(()),
         }
     }
+}
+
+/// The copy's session was lost (`lost` times for this chunk): wait a little, open a new one.
+/// A session that cannot be opened ends the run, as any error does: the original is intact.
+async fn reopen<B: Backend>(
+    backend: &mut B,
+    e: &crate::error::Error,
+    lost: u32,
+    retries: u32,
+) -> Result<()> {
+    tracing::warn!(
+        "the copy's session was lost ({e}); reconnecting ({lost} of --default-retries {retries})"
+    );
+    tokio::time::sleep(Duration::from_millis(100 * u64::from(lost.min(50)))).await;
+    backend.reopen_copier().await
 }
 
 #[cfg(test)]

@@ -352,7 +352,14 @@ async fn pipeline<B: Backend>(
     hooks.run(Hook::BeforeRowCopy, progress, &[]).await?;
     progress.set_phase(Phase::Copying);
     let copy_started = Instant::now();
-    copy_table(backend, shared, opts.chunk_size, opts.max_rows_per_second).await?;
+    copy_table(
+        backend,
+        shared,
+        opts.chunk_size,
+        opts.max_rows_per_second,
+        opts.default_retries,
+    )
+    .await?;
     let copy_time = copy_started.elapsed();
     progress.set_phase(Phase::CatchingUp);
     hooks.run(Hook::RowCopyComplete, progress, &[]).await?;

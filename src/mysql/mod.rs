@@ -251,8 +251,15 @@ impl Backend for MyBackend {
         after: Option<&Key>,
         upto: Option<&Key>,
         discarded: &[u64],
+        _again: bool,
     ) -> Result<u64> {
+        // REPLACE … SELECT replaces whatever an earlier try of the chunk committed.
         copy::copy_chunk(self, after, upto, discarded).await
+    }
+
+    async fn reopen_copier(&mut self) -> Result<()> {
+        self.copier = Some(self.session("copy").await?);
+        Ok(())
     }
 
     fn check_tail(&self) -> Result<()> {

@@ -86,6 +86,7 @@ pub async fn copy_chunk(
     after: Option<&Key>,
     upto: Option<&Key>,
     discarded: &[u64],
+    again: bool,
 ) -> Result<u64> {
     let table = b.table()?;
     let names = b.names()?;
@@ -106,6 +107,13 @@ pub async fn copy_chunk(
     } else {
         format!("WHERE {}", filter.join(" AND "))
     };
+    // The same range over the shadow's key columns (the ALTER may rename them).
+    let shadow_key: Vec<String> = shadow
+        .key_targets
+        .iter()
+        .map(|k| super::quote_ident(k))
+        .collect();
+    let shadow_filter = filter.replace(&order, &format!("({})", shadow_key.join(", ")));
     let targets: Vec<String> = shadow
         .targets
         .iter()
@@ -123,6 +131,21 @@ pub async fn copy_chunk(
         .as_ref()
         .ok_or_else(|| Error::Stream("no copy session".into()))?;
     let statement = copier.prepare(&sql).await.ctx("preparing the chunk copy")?;
+    // Tried again after a lost session whose COMMIT may have landed: clear the range first,
+    // in the same transaction. The range is still published, so the applier holds its
+    // changes until this commits.
+    let clear = match again {
+        true => Some(
+            copier
+                .prepare(&format!(
+                    "DELETE FROM ONLY {} {shadow_filter}",
+                    names.shadow_q()
+                ))
+                .await
+                .ctx("preparing the chunk's clearing")?,
+        ),
+        false => None,
+    };
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -147,6 +170,9 @@ pub async fn copy_chunk(
             // array). Read only once the snapshot sees all of them.
             if !discarded.iter().all(|&x| visible(x as u32, xmax, &xip)) {
                 return Ok(None);
+            }
+            if let Some(clear) = &clear {
+                copier.execute(clear, &super::text_params(&values)).await.ctx("clearing a chunk copied before")?;
             }
             let n = copier.execute(&statement, &super::text_params(&values)).await.ctx("copying a chunk")?;
             copier.batch_execute("COMMIT").await.ctx("committing a chunk")?;

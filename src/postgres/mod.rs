@@ -224,8 +224,16 @@ impl Backend for PgBackend {
         after: Option<&Key>,
         upto: Option<&Key>,
         discarded: &[u64],
+        again: bool,
     ) -> Result<u64> {
-        copy::copy_chunk(self, after, upto, discarded).await
+        copy::copy_chunk(self, after, upto, discarded, again).await
+    }
+
+    async fn reopen_copier(&mut self) -> Result<()> {
+        let (copier, pid) = self.target.connect("copy").await?;
+        self.pids.push(pid);
+        self.copier = Some(copier);
+        Ok(())
     }
 
     fn check_tail(&self) -> Result<()> {
