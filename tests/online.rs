@@ -332,11 +332,11 @@ async fn kill_heartbeat(stop: Arc<AtomicBool>) -> bool {
 async fn kill_copier(server: Server, table: String, stop: Arc<AtomicBool>) -> bool {
     let mut db = Db::connect(server).await;
     let find = match server {
-        Server::Postgres => {
+        // This run's copier only: other tests run beside this one.
+        Server::Postgres => format!(
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'swivel-copy' \
-                             AND state IN ('active', 'idle in transaction')"
-                .to_string()
-        }
+             AND state IN ('active', 'idle in transaction') AND query LIKE '%{table}%'"
+        ),
         Server::MariaDb => format!(
             "SELECT id FROM information_schema.processlist \
              WHERE info LIKE 'REPLACE INTO `swivel`.`_{table}_new`%'"
