@@ -122,7 +122,7 @@ struct RunArgs {
     /// the longest the application's writes wait on one attempt.
     #[arg(long, default_value = "500ms", value_parser = duration)]
     cut_over_lock_timeout: Duration,
-    /// How often an operation whose session was lost (today: a chunk of the copy) is tried
+    /// How often a chunk of the copy or a batch of the replay whose session was lost is run
     /// again on a new session before the run gives up.
     #[arg(long, default_value_t = 60)]
     default_retries: u32,

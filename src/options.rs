@@ -50,7 +50,7 @@ pub struct RunOptions {
     pub max_retained_wal: u64,
     /// Swap without comparing source and shadow first.
     pub skip_checksum: bool,
-    /// How often a lost copy session is opened again before the run gives up (per chunk).
+    /// How often a chunk or a replay batch whose session was lost runs again on a new one.
     pub default_retries: u32,
 }
 

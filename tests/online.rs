@@ -177,6 +177,9 @@ enum Fault {
     /// Kill the copy's session three times mid-copy: each time the chunk is copied again on a
     /// new session (`--default-retries`), the run goes on.
     KillCopier,
+    /// Kill the applier's session three times while it replays: each batch is applied again on
+    /// a new session.
+    KillApplier,
     /// Kill the session holding the checksum's write lock, once: a view opened without the
     /// lock would see writes the shadow lacks, so it must be thrown away and opened again.
     KillChecksumLocker,
@@ -328,27 +331,36 @@ async fn kill_heartbeat(stop: Arc<AtomicBool>) -> bool {
     }
 }
 
-/// End the copy's session three times while it works on a chunk; true if it did.
-async fn kill_copier(server: Server, table: String, stop: Arc<AtomicBool>) -> bool {
+/// End the applier's session three times while it replays into this run's shadow; true if it
+/// did.
+async fn kill_applier(server: Server, table: String, stop: Arc<AtomicBool>) -> bool {
     let mut db = Db::connect(server).await;
     let find = match server {
-        // This run's copier only: other tests run beside this one.
         Server::Postgres => format!(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'swivel-copy' \
-             AND state IN ('active', 'idle in transaction') AND query LIKE '%{table}%'"
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'swivel-apply' \
+             AND query LIKE '%\"_{table}_new\"%'"
         ),
         Server::MariaDb => format!(
             "SELECT id FROM information_schema.processlist \
-             WHERE info LIKE 'REPLACE INTO `swivel`.`_{table}_new`%'"
+             WHERE info LIKE 'REPLACE INTO `swivel`.`_{table}_new` (%) VALUES%' \
+                OR info LIKE 'DELETE FROM `swivel`.`_{table}_new`%'"
         ),
     };
+    // Not while the run prepares its statements (that is start-up, before any change is
+    // replayed, and ends the run): once the copy goes, the session only replays.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    kill_three_times(&mut db, server, &find, &stop).await
+}
+
+/// Kill the session `find` names, three times, 300ms apart; false if `stop` comes first.
+async fn kill_three_times(db: &mut Db, server: Server, find: &str, stop: &AtomicBool) -> bool {
     let mut kills = 0;
     while kills < 3 {
         if stop.load(Ordering::Relaxed) {
             return false;
         }
         if let Some(id) = db
-            .rows(&find)
+            .rows(find)
             .await
             .into_iter()
             .next()
@@ -366,6 +378,23 @@ async fn kill_copier(server: Server, table: String, stop: Arc<AtomicBool>) -> bo
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     true
+}
+
+/// End the copy's session three times while it works on a chunk; true if it did.
+async fn kill_copier(server: Server, table: String, stop: Arc<AtomicBool>) -> bool {
+    let mut db = Db::connect(server).await;
+    let find = match server {
+        // This run's copier only: other tests run beside this one.
+        Server::Postgres => format!(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'swivel-copy' \
+             AND state IN ('active', 'idle in transaction') AND query LIKE '%{table}%'"
+        ),
+        Server::MariaDb => format!(
+            "SELECT id FROM information_schema.processlist \
+             WHERE info LIKE 'REPLACE INTO `swivel`.`_{table}_new`%'"
+        ),
+    };
+    kill_three_times(&mut db, server, &find, &stop).await
 }
 
 /// Throttle and release the run every 150ms through its control socket; true if it did.
@@ -490,6 +519,14 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
         Fault::KillCopier => {
             opts.max_rows_per_second = Some(5000);
             Some(tokio::spawn(kill_copier(
+                server,
+                table.clone(),
+                killer_stop.clone(),
+            )))
+        }
+        Fault::KillApplier => {
+            opts.max_rows_per_second = Some(5000);
+            Some(tokio::spawn(kill_applier(
                 server,
                 table.clone(),
                 killer_stop.clone(),
@@ -693,6 +730,11 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn apply_session_killed() {
+        run_model(Server::Postgres, 13, 20_000, Fault::KillApplier).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn heartbeat_session_killed() {
         run_model(Server::Postgres, 10, 20_000, Fault::KillHeartbeat).await;
     }
@@ -762,6 +804,11 @@ mod mariadb {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn copy_session_killed() {
         run_model(Server::MariaDb, 12, 20_000, Fault::KillCopier).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn apply_session_killed() {
+        run_model(Server::MariaDb, 13, 20_000, Fault::KillApplier).await;
     }
 
     /// The rename queues on the shadow table, not on the table: the attempt must not go on.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::engine::backend::{Backend, Shared};
+use crate::engine::replay::retry_on_lost_session;
 use crate::error::Result;
 
 const MIN_CHUNK: u64 = 100;
@@ -86,9 +87,8 @@ pub async fn copy_table<B: Backend>(
         let mut lost = 0;
         let upto = loop {
             match backend.chunk_end(after.as_ref(), tuner.size()).await {
-                Err(e) if e.is_connection_lost() && lost < retries => {
-                    lost += 1;
-                    reopen(backend, &e, lost, retries).await?;
+                Err(e) if retry_on_lost_session(&e, "copy", &mut lost, retries).await => {
+                    backend.reopen_copier().await?;
                 }
                 other => break other?,
             }
@@ -102,9 +102,8 @@ pub async fn copy_table<B: Backend>(
                 .copy_chunk(after.as_ref(), upto.as_ref(), &discarded, again)
                 .await
             {
-                Err(e) if e.is_connection_lost() && lost < retries => {
-                    lost += 1;
-                    reopen(backend, &e, lost, retries).await?;
+                Err(e) if retry_on_lost_session(&e, "copy", &mut lost, retries).await => {
+                    backend.reopen_copier().await?;
                     again = true;
                 }
                 other => break other?,
@@ -124,21 +123,6 @@ pub async fn copy_table<B: Backend>(
             None => return Ok(()),
         }
     }
-}
-
-/// The copy's session was lost (`lost` times for this chunk): wait a little, open a new one.
-/// A session that cannot be opened ends the run, as any error does: the original is intact.
-async fn reopen<B: Backend>(
-    backend: &mut B,
-    e: &crate::error::Error,
-    lost: u32,
-    retries: u32,
-) -> Result<()> {
-    tracing::warn!(
-        "the copy's session was lost ({e}); reconnecting ({lost} of --default-retries {retries})"
-    );
-    tokio::time::sleep(Duration::from_millis(100 * u64::from(lost.min(50)))).await;
-    backend.reopen_copier().await
 }
 
 #[cfg(test)]

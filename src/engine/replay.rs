@@ -164,6 +164,22 @@ impl TailState {
     }
 }
 
+/// A statement failed: if its session was lost and `lost` (the tries so far, counted here) is
+/// under `retries`, say so, pause (longer each time) and return true: open a new session and
+/// run it again. Written once for the copier and both appliers, whose work is safe to repeat.
+pub async fn retry_on_lost_session(e: &Error, what: &str, lost: &mut u32, retries: u32) -> bool {
+    if !e.is_connection_lost() || *lost >= retries {
+        return false;
+    }
+    *lost += 1;
+    tracing::warn!(
+        "the {what} session was lost ({e}); reconnecting ({} of --default-retries {retries})",
+        *lost
+    );
+    tokio::time::sleep(Duration::from_millis(100 * u64::from((*lost).min(50)))).await;
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

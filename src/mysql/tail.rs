@@ -24,7 +24,7 @@ use super::values::key_part;
 use super::{MyBackend, Names};
 use crate::control::Steering;
 use crate::engine::progress::Progress;
-use crate::engine::replay::{now_micros, Router, TailState};
+use crate::engine::replay::{now_micros, retry_on_lost_session, Router, TailState};
 use crate::engine::watermark::Key;
 use crate::error::{Error, MyContext, Result};
 
@@ -185,6 +185,8 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
         steering: b.steering.clone(),
         state: state.clone(),
         control: control_rx,
+        target: b.target.clone(),
+        retries: b.opts.default_retries,
         txn: 0,
         tables: HashMap::new(),
     };
@@ -250,6 +252,9 @@ struct Applier {
     steering: Arc<Steering>,
     state: Arc<TailState>,
     control: watch::Receiver<Control>,
+    /// For a new apply session when the last one was lost, up to `retries` times a batch.
+    target: super::MyTarget,
+    retries: u32,
     /// Transactions seen (BEGIN events), to tell the watermark which one a discard came from.
     txn: u64,
     tables: HashMap<u64, Target>,
@@ -508,7 +513,35 @@ impl Applier {
     async fn flush(&mut self) -> Result<()> {
         let batch = self.router.batch();
         if !batch.is_empty() {
-            self.statements.apply(&mut self.conn, batch).await?;
+            // A batch is REPLACEs and DELETEs by key: applying it again, whether or not the lost
+            // session's COMMIT landed, leaves the same rows.
+            let mut lost = 0;
+            loop {
+                match self.statements.apply(&mut self.conn, batch).await {
+                    Ok(()) => break,
+                    Err(e) if retry_on_lost_session(&e, "apply", &mut lost, self.retries).await => {
+                        // Opening the new session can be lost too: another try, counted.
+                        loop {
+                            match self.target.connect("apply").await {
+                                Ok(conn) => {
+                                    self.conn = conn;
+                                    break;
+                                }
+                                Err(e)
+                                    if retry_on_lost_session(
+                                        &e,
+                                        "apply",
+                                        &mut lost,
+                                        self.retries,
+                                    )
+                                    .await => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             self.progress
                 .changes_applied
                 .fetch_add(batch.len() as u64, Relaxed);

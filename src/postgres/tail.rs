@@ -15,10 +15,11 @@ use tokio_postgres::Client;
 use super::apply::{Change, Statements};
 use super::inspect::TableInfo;
 use super::pgoutput::{self, Message, Tuple, Value};
-use super::PgBackend;
+use super::shadow::ShadowInfo;
+use super::{Names, PgBackend};
 use crate::control::Steering;
 use crate::engine::progress::Progress;
-use crate::engine::replay::{now_micros, Router, TailState};
+use crate::engine::replay::{now_micros, retry_on_lost_session, Router, TailState};
 use crate::error::{Error, PgContext, Result};
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -123,6 +124,10 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         in_transaction: false,
         last_commit: None,
         relation_checked: false,
+        target: b.target.clone(),
+        names: names.clone(),
+        shadow: b.shadow()?.clone(),
+        retries: b.opts.default_retries,
     };
     let applier = tokio::spawn(applier.run());
     let heartbeat = tokio::spawn(heartbeat(
@@ -199,6 +204,11 @@ struct Applier {
     /// End of the newest transaction whose changes are all in `batch` or applied.
     last_commit: Option<Lsn>,
     relation_checked: bool,
+    /// For a new apply session when the last one was lost, up to `retries` times a batch.
+    target: super::PgTarget,
+    names: Names,
+    shadow: ShadowInfo,
+    retries: u32,
 }
 
 impl Applier {
@@ -403,7 +413,47 @@ impl Applier {
     async fn flush(&mut self) -> Result<()> {
         let batch = self.router.batch();
         if !batch.is_empty() {
-            self.statements.apply(&self.client, batch).await?;
+            // Upserts, deletes and read-backs by key: applying the batch again, whether or not
+            // the lost session's COMMIT landed, leaves the same rows.
+            let mut lost = 0;
+            loop {
+                match self.statements.apply(&self.client, batch).await {
+                    Ok(()) => break,
+                    Err(e) if retry_on_lost_session(&e, "apply", &mut lost, self.retries).await => {
+                        // Opening the new session can be lost too: another try, counted.
+                        loop {
+                            let fresh = async {
+                                let (client, _) = self.target.connect("apply").await?;
+                                let statements = Statements::prepare(
+                                    &client,
+                                    &self.names,
+                                    &self.table,
+                                    &self.shadow,
+                                )
+                                .await?;
+                                Ok::<_, Error>((client, statements))
+                            }
+                            .await;
+                            match fresh {
+                                Ok((client, statements)) => {
+                                    (self.client, self.statements) = (client, statements);
+                                    break;
+                                }
+                                Err(e)
+                                    if retry_on_lost_session(
+                                        &e,
+                                        "apply",
+                                        &mut lost,
+                                        self.retries,
+                                    )
+                                    .await => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             self.progress
                 .changes_applied
                 .fetch_add(batch.len() as u64, Relaxed);
