@@ -93,6 +93,8 @@ async fn hashing(b: &mut MyBackend) -> Result<Hashing> {
     let names = b.names.clone();
     let shadow = b.shadow()?.clone();
     let table = b.table()?.clone();
+    /// name, data_type, column_type, numeric precision and scale, datetime precision,
+    /// collation.
     type TypeRow = (
         String,
         String,
@@ -100,27 +102,45 @@ async fn hashing(b: &mut MyBackend) -> Result<Hashing> {
         Option<u64>,
         Option<u64>,
         Option<u64>,
+        Option<String>,
     );
-    let rows: Vec<TypeRow> = b
-        .ctl
-        .exec(
-            "SELECT column_name, data_type, column_type, numeric_precision, numeric_scale, \
-             datetime_precision FROM information_schema.columns \
-             WHERE table_schema = ? AND table_name = ?",
-            (names.db.as_str(), names.shadow.as_str()),
-        )
-        .await
-        .my_ctx("reading the shadow table's column types")?;
-    let types: BTreeMap<String, TypeRow> = rows
-        .into_iter()
-        .map(|r| (r.0.to_ascii_lowercase(), r))
-        .collect();
+    let mut types_of = BTreeMap::new();
+    for name in [&names.table, &names.shadow] {
+        let rows: Vec<TypeRow> = b
+            .ctl
+            .exec(
+                "SELECT column_name, data_type, column_type, numeric_precision, numeric_scale, \
+                 datetime_precision, collation_name FROM information_schema.columns \
+                 WHERE table_schema = ? AND table_name = ?",
+                (names.db.as_str(), name.as_str()),
+            )
+            .await
+            .my_ctx("reading the tables' column types")?;
+        let types: BTreeMap<String, TypeRow> = rows
+            .into_iter()
+            .map(|r| (r.0.to_ascii_lowercase(), r))
+            .collect();
+        types_of.insert(name.clone(), types);
+    }
+    let (source_types, types) = (&types_of[&names.table], &types_of[&names.shadow]);
     let mut source_values = Vec::new();
     let mut shadow_values = Vec::new();
     for (&i, target) in shadow.sources.iter().zip(&shadow.targets) {
-        let (_, data_type, column_type, precision, numeric_scale, datetime_scale) = types
+        let shadow_type = types
             .get(&target.to_ascii_lowercase())
             .ok_or_else(|| Error::Stream(format!("shadow column {target} has no type")))?;
+        let source_name = &table.columns[i].name;
+        let unchanged = source_types
+            .get(&source_name.to_ascii_lowercase())
+            .is_some_and(|t| (&t.2, &t.6) == (&shadow_type.2, &shadow_type.6));
+        if unchanged {
+            // Same type, character set and collation: the stored values compare as they are
+            // (and cost nothing to convert).
+            source_values.push(quote_ident(source_name));
+            shadow_values.push(quote_ident(target));
+            continue;
+        }
+        let (_, data_type, column_type, precision, numeric_scale, datetime_scale, _) = shadow_type;
         let scale = numeric_scale.or(*datetime_scale);
         let norm = |x: &str| {
             normalized(
