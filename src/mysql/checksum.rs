@@ -185,6 +185,7 @@ pub async fn begin(
     if b.marker_conn.is_none() {
         b.marker_conn = Some(b.session("marker").await?);
     }
+    catch_up(b).await?;
     let mut locker = b.session("checksum lock").await?;
     let requested = Instant::now();
     let lock = format!("LOCK TABLES {} READ", b.names.source());
@@ -216,6 +217,28 @@ pub async fn begin(
     };
     let _ = locker.query_drop("UNLOCK TABLES").await;
     Ok(outcome)
+}
+
+/// Before the lock: let the applier consume everything written so far, so the drain under the
+/// lock has only the last moments to apply. The marker stops the applier; it goes on at once.
+async fn catch_up(b: &mut MyBackend) -> Result<()> {
+    let marker = b.next_marker();
+    let names = b.names.clone();
+    let conn = b
+        .marker_conn
+        .as_mut()
+        .ok_or_else(|| Error::Stream("the marker session is gone".into()))?;
+    tail::emit_marker(conn, &names, marker).await?;
+    let tail = tail_of(b)?;
+    let reached = loop {
+        match tail.wait_marker(marker, Duration::from_secs(1)).await {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => break Err(e),
+        }
+    };
+    tail.resume(marker);
+    reached
 }
 
 /// Take `lock` on `locker` and let the applier drain to a marker, where it stops until
@@ -306,6 +329,7 @@ pub async fn repair(
     if b.marker_conn.is_none() {
         b.marker_conn = Some(b.session("marker").await?);
     }
+    catch_up(b).await?;
     let mut locker = b.session("checksum repair lock").await?;
     let mut worker = b.session("checksum repair").await?;
     let requested = Instant::now();

@@ -126,6 +126,7 @@ pub async fn begin(
             c
         }
     };
+    catch_up(b).await?;
     let locker = lock_session(b).await?;
     let source = b.names()?.source();
     let timeout_ms = lock_timeout.as_millis();
@@ -176,6 +177,20 @@ pub async fn begin(
     let outcome = outcome.map(|_| requested.elapsed());
     b.checksum_session = Some(snapshot);
     Ok(outcome)
+}
+
+/// Before the lock: let the applier consume everything written so far (after the copy, the
+/// walsender may still be decoding its WAL), so the drain under the lock has only the last
+/// moments to apply. Seen without it: writes waited 160 ms on the view of a 1M-row demo.
+async fn catch_up(b: &mut PgBackend) -> Result<()> {
+    let marker = b.next_marker();
+    let tail = b
+        .tail
+        .as_ref()
+        .ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
+    super::tail::emit(&b.ctl, tail.prefix(), &format!("cutover:{marker}")).await?;
+    while !tail.wait_marker(marker, Duration::from_secs(1)).await? {}
+    Ok(())
 }
 
 /// A session for the checksum's write lock, of its own so it is never taken for cut-over's;
@@ -258,6 +273,7 @@ pub async fn repair(
     ranges: &[KeyRange],
     lock_timeout: Duration,
 ) -> Result<Repair> {
+    catch_up(b).await?;
     let locker = lock_session(b).await?;
     let names = b.names()?.clone();
     let shadow = b.shadow()?.clone();
