@@ -5,6 +5,8 @@
 #   testbed/testbed.sh stop     stop both instances, keep their data
 #   testbed/testbed.sh wipe     stop both instances and delete their data
 #   testbed/testbed.sh status   say what runs where
+#   testbed/testbed.sh restart-pg [SECONDS]  stop the logical PostgreSQL, start it again after
+#                               SECONDS (a test's server restart)
 #   testbed/testbed.sh tools    install the bench's baseline tools where missing
 #                               (pt-online-schema-change, pg_repack for the server's version)
 #
@@ -289,6 +291,14 @@ case "${1:-start}" in
         if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
         log "baseline tools ready: pt-online-schema-change, $bin/pg_repack"
         ;;
+    restart-pg)
+        # Stop the logical PostgreSQL fast (sessions ended), stay down ${2:-0} seconds, start it
+        # again: what a failover or a crash looks like to a client (tests/restart.rs).
+        as_pg "$(pg_bin)/pg_ctl" -D "$pg_dir/data" -m fast -w stop >/dev/null
+        sleep "${2:-0}"
+        run_pg "$pg_dir" "$pg_port" logical
+        log "PostgreSQL on $pg_port restarted after ${2:-0}s down"
+        ;;
     stop) stop_all ;;
     wipe) stop_all; rm -rf "$base"; log "data removed" ;;
     status)
@@ -298,5 +308,5 @@ case "${1:-start}" in
         if my_running "$my_dir"; then echo "mariadb: running on 127.0.0.1:$my_port"; else echo "mariadb: stopped"; fi
         if my_running "$replica_dir"; then echo "mariadb (replica): running on 127.0.0.1:$replica_port"; else echo "mariadb (replica): stopped"; fi
         ;;
-    *) echo "usage: $0 start|stop|wipe|status|tools" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|wipe|status|tools|restart-pg" >&2; exit 2 ;;
 esac

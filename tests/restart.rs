@@ -1,0 +1,73 @@
+//! A server restart in the middle of a run (what a failover or a crash looks like to swivel):
+//! the run fails, saying so; the original table is intact; and cleanup, which must wait the 3 s
+//! the server is down, still removes what the run made. Alone in its binary: the restart ends
+//! every session on the server.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{wait_status, Db, Server};
+use swivel::{Outcome, RunOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_mid_run_fails_cleanly() {
+    common::testbed();
+    if std::env::var("SWIVEL_PG_DSN").is_ok() {
+        return; // not our server to restart
+    }
+    let table = "restart_mid_run";
+    let mut db = Db::connect(Server::Postgres).await;
+    db.reset(table).await;
+    db.exec(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, k int NOT NULL);
+         INSERT INTO {table} SELECT i, i FROM generate_series(1, 20000) i"
+    ))
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("swivel-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (socket, flag) = (dir.join("control.sock"), dir.join("postpone.flag"));
+    std::fs::write(&flag, "").unwrap();
+    let mut opts = RunOptions::new(Server::Postgres.dsn(), table, "ALTER COLUMN k TYPE bigint");
+    opts.execute = true;
+    opts.serve_socket_file = Some(socket.clone());
+    opts.knobs.postpone_cut_over_flag_file = Some(flag);
+    let run = tokio::spawn(swivel::run(opts, std::future::pending()));
+    wait_status(&socket, 60, "the postponed cut-over", |s| {
+        s["phase"] == "catch-up" && !s["postponed"].is_null()
+    })
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/testbed.sh");
+    let status = Command::new("bash")
+        .args([script, "restart-pg", "3"])
+        .status()
+        .expect("restarting the testbed's PostgreSQL");
+    assert!(status.success());
+    let outcome = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the run must end after the restart")
+        .unwrap();
+    match outcome {
+        Err(e) => eprintln!("the run ended: {e}"),
+        Ok(Outcome::Migrated(_)) => panic!("a run whose stream died cannot have cut over"),
+        Ok(other) => panic!("{other:?}"),
+    }
+    let mut db = Db::connect(Server::Postgres).await;
+    let k = db
+        .rows(&format!(
+            "SELECT format_type(atttypid, atttypmod), (SELECT count(*) FROM {table}) \
+             FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attname = 'k'"
+        ))
+        .await;
+    assert_eq!(
+        k[0],
+        vec![Some("integer".into()), Some("20000".into())],
+        "the original table is intact"
+    );
+    // Cleanup waited for the server and removed the shadow and the publication.
+    db.assert_nothing_left(table).await;
+    db.reset(table).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
