@@ -69,5 +69,19 @@ async fn postgres_restart_mid_run_fails_cleanly() {
     // Cleanup waited for the server and removed the shadow and the publication.
     db.assert_nothing_left(table).await;
     db.reset(table).await;
+    // Leave the testbed as found: its standby streams from this server again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while db
+        .rows("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+        .await[0][0]
+        .as_deref()
+        == Some("0")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the testbed's standby did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
