@@ -93,10 +93,10 @@ pub async fn copy_table<B: Backend>(
                 other => break other?,
             }
         };
-        let discarded = watermark.begin_chunk(upto.clone());
+        let mut discarded = watermark.begin_chunk(upto.clone());
         // The range stays published (its changes held) until the chunk is in, however many
         // sessions that takes.
-        let mut again = false;
+        let (mut again, mut collisions) = (false, 0);
         let rows = loop {
             match backend
                 .copy_chunk(after.as_ref(), upto.as_ref(), &discarded, again)
@@ -105,6 +105,17 @@ pub async fn copy_table<B: Backend>(
                 Err(e) if retry_on_lost_session(&e, "copy", &mut lost, retries).await => {
                     backend.reopen_copier().await?;
                     again = true;
+                }
+                // A stale row on another unique index, whose fix the applier holds because it
+                // came behind a change to this very range: give the chunk up, so the held
+                // changes are decided anew (those of the range discarded: the chunk reads them
+                // again), let the applier apply the fix, publish the range again.
+                Err(e) if e.sqlstate() == Some("23505") && collisions < UNIQUE_RETRIES => {
+                    collisions += 1;
+                    tracing::info!("chunk meets a stale row ({e}); giving it up for now");
+                    watermark.abandon_chunk();
+                    wait_applier_passes_now(backend).await?;
+                    discarded.extend(watermark.begin_chunk(upto.clone()));
                 }
                 other => break other?,
             }
@@ -121,6 +132,24 @@ pub async fn copy_table<B: Backend>(
         match upto {
             Some(key) => after = Some(key),
             None => return Ok(()),
+        }
+    }
+}
+
+/// A chunk that collides on a unique index is given up and read again this many times before
+/// the run fails: a collision that replaying cannot fix is real.
+const UNIQUE_RETRIES: u32 = 5;
+
+/// Wait until the applier has applied a heartbeat sent after now: every change committed before
+/// now that is due is then in the shadow table. (The lag is the age of the newest heartbeat
+/// applied: younger than our wait means it was sent after we began.)
+async fn wait_applier_passes_now<B: Backend>(backend: &B) -> Result<()> {
+    let since = Instant::now();
+    loop {
+        backend.check_tail()?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if backend.lag() < since.elapsed() {
+            return Ok(());
         }
     }
 }

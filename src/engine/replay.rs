@@ -24,7 +24,9 @@ pub fn now_micros() -> u64 {
 pub struct Router<C> {
     watermark: Arc<Watermark>,
     batch: Vec<C>,
-    held: Vec<C>,
+    /// With each held change, its key and transaction: a chunk given up (rather than
+    /// committed) turns some of them into discards.
+    held: Vec<(Key, C, u64)>,
     held_epoch: u64,
 }
 
@@ -40,28 +42,40 @@ impl<C> Router<C> {
 
     /// Route one change of transaction `txn` to the row with `key`.
     pub fn route(&mut self, key: &Key, change: C, txn: u64) {
+        self.release_held();
         let mut view = self.watermark.view();
-        if !self.held.is_empty() && view.epoch() != self.held_epoch {
-            self.batch.append(&mut self.held);
-        }
         match view.decide(key) {
             // Behind a held change, even a change that is due waits: replay keeps stream order
             // across keys too, or an older value replayed later could displace (via a unique
             // index) a row whose newer change was already applied.
-            Decision::Apply if !self.held.is_empty() => self.held.push(change),
+            Decision::Apply if !self.held.is_empty() => self.held.push((key.clone(), change, txn)),
             Decision::Apply => self.batch.push(change),
             Decision::Hold => {
                 self.held_epoch = view.epoch();
-                self.held.push(change);
+                self.held.push((key.clone(), change, txn));
             }
             Decision::Discard => view.note_discard(txn),
         }
     }
 
-    /// Move held changes to the batch once the chunk they waited for has committed.
+    /// Once the chunk the held changes waited for has ended, decide them again, in order: a
+    /// committed chunk makes them due; a chunk given up puts its keys above the watermark
+    /// again, so those are discarded (the chunk's next read sees them) and the rest is due.
     pub fn release_held(&mut self) {
-        if !self.held.is_empty() && self.watermark.view().epoch() != self.held_epoch {
-            self.batch.append(&mut self.held);
+        let mut view = self.watermark.view();
+        if self.held.is_empty() || view.epoch() == self.held_epoch {
+            return;
+        }
+        for (key, change, txn) in std::mem::take(&mut self.held) {
+            match view.decide(&key) {
+                Decision::Apply if !self.held.is_empty() => self.held.push((key, change, txn)),
+                Decision::Apply => self.batch.push(change),
+                Decision::Hold => {
+                    self.held_epoch = view.epoch();
+                    self.held.push((key, change, txn));
+                }
+                Decision::Discard => view.note_discard(txn),
+            }
         }
     }
 
@@ -206,5 +220,34 @@ mod tests {
         w.commit_chunk();
         r.route(&k(3), "applied", 3);
         assert_eq!(r.batch(), ["held", "applied"], "stream order is kept");
+    }
+
+    #[test]
+    fn a_chunk_given_up_discards_its_held_changes_and_applies_the_rest() {
+        let w = Arc::new(Watermark::new());
+        w.begin_chunk(Some(k(10)));
+        w.commit_chunk(); // keys up to 10 copied
+        let mut r = Router::new(w.clone());
+        w.begin_chunk(Some(k(20)));
+        r.route(&k(15), "in the chunk", 7);
+        r.route(&k(3), "due, behind it", 8);
+        r.release_held();
+        assert!(
+            r.batch().is_empty(),
+            "stream order holds the due change too"
+        );
+        w.abandon_chunk();
+        r.release_held();
+        assert_eq!(
+            r.batch(),
+            ["due, behind it"],
+            "the fix of the stale row goes through"
+        );
+        assert!(r.nothing_held());
+        assert_eq!(
+            w.begin_chunk(Some(k(20))),
+            vec![7],
+            "the chunk read again must see the discarded transaction"
+        );
     }
 }

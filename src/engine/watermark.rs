@@ -86,6 +86,16 @@ impl Watermark {
         s.epoch += 1;
     }
 
+    /// The chunk being read was rolled back, nothing of it copied (it met a stale row on a
+    /// unique index that only a held change fixes): its range is above the watermark again,
+    /// and what was held for it is decided anew.
+    pub fn abandon_chunk(&self) {
+        let mut s = self.lock();
+        if s.in_flight.take().is_some() {
+            s.epoch += 1;
+        }
+    }
+
     /// Mark the copy complete without a chunk (an empty table).
     pub fn finish(&self) {
         let mut s = self.lock();

@@ -3,9 +3,10 @@
 //!
 //! The insert is plain, not `ON CONFLICT DO NOTHING`: the applier never writes inside a chunk's
 //! key range before the chunk commits, so a conflict can only be on another unique index, with
-//! a stale row whose fix the applier has not replayed yet. Skipping the row would lose it;
-//! the chunk waits for the applier to pass that point and is tried again. (It also spares the
-//! speculative insertion that `ON CONFLICT` costs per row: 1.5x on the bench's chunks.)
+//! a stale row whose fix the applier has not replayed yet. Skipping the row would lose it; the
+//! error goes back to the copy loop, which gives the chunk up so the fix can be applied, and
+//! reads it again (`engine::copy`). (It also spares the speculative insertion that
+//! `ON CONFLICT` costs per row: 1.5x on the bench's chunks.)
 
 use std::time::Duration;
 
@@ -191,12 +192,6 @@ pub async fn copy_chunk(
             Err(e) if matches!(e.sqlstate(), Some("40001" | "40P01")) && attempt < 100 => {
                 tracing::debug!("chunk retried after {e}");
             }
-            Err(e) if e.sqlstate() == Some("23505") && attempt < UNIQUE_RETRIES => {
-                let _ = copier.batch_execute("ROLLBACK").await;
-                tracing::debug!("chunk meets a stale row ({e}); waiting for the applier");
-                wait_applier_passes_now(b).await?;
-                continue;
-            }
             Err(e) => {
                 let _ = copier.batch_execute("ROLLBACK").await;
                 return Err(e);
@@ -204,29 +199,6 @@ pub async fn copy_chunk(
         }
         let _ = copier.batch_execute("ROLLBACK").await;
         tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// A chunk that collides on a unique index is tried this many times, each after the applier
-/// has caught up, before the run fails: a collision that replaying cannot fix is real.
-const UNIQUE_RETRIES: u32 = 5;
-
-/// Wait until the applier has applied a heartbeat sent after now: every change committed before
-/// now is then in the shadow table.
-async fn wait_applier_passes_now(b: &PgBackend) -> Result<()> {
-    let since = std::time::Instant::now();
-    let tail = b
-        .tail
-        .as_ref()
-        .ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
-    loop {
-        tail.check()?;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        // lag is the age of the newest heartbeat applied: younger than our wait means it was
-        // sent after we started waiting.
-        if tail.lag() < since.elapsed() {
-            return Ok(());
-        }
     }
 }
 
