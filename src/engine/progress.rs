@@ -144,34 +144,37 @@ impl Progress {
     pub fn line(&self) -> String {
         let copied = self.rows_copied.load(Relaxed);
         let estimate = self.rows_estimate.load(Relaxed).max(copied);
-        let rate = self.copy_rate();
-        let percent = if estimate > 0 {
-            copied as f64 * 100.0 / estimate as f64
-        } else {
-            100.0
+        let percent = |n: u64| {
+            if estimate > 0 {
+                n as f64 * 100.0 / estimate as f64
+            } else {
+                100.0
+            }
         };
+        if self.phase() == Phase::Checksum {
+            // The copy is done: what moves now is the comparison.
+            let compared = self.checksum_rows.load(Relaxed);
+            return format!(
+                "checksum: {compared}/{estimate} rows compared ({:.1}%), {} chunk(s) copied again, \
+                 lag {:.1}s, {} changes replayed",
+                percent(compared),
+                self.checksum_repaired.load(Relaxed),
+                self.lag().as_secs_f64(),
+                self.changes_applied.load(Relaxed),
+            );
+        }
         format!(
             "{}: {}/{} rows ({:.1}%), {:.0} rows/s, chunk {}, lag {:.1}s, {} changes replayed, ETA {}",
             self.phase().name(),
             copied,
             estimate,
-            percent,
-            rate,
+            percent(copied),
+            self.copy_rate(),
             self.chunk_size.load(Relaxed),
             self.lag().as_secs_f64(),
             self.changes_applied.load(Relaxed),
             self.eta()
-        ) + &self.checksum_part()
-    }
-
-    /// ", checksum N rows compared" once the checksum has begun.
-    fn checksum_part(&self) -> String {
-        let rows = self.checksum_rows.load(Relaxed);
-        if self.phase() == Phase::Checksum || rows > 0 {
-            format!(", checksum {rows} rows compared")
-        } else {
-            String::new()
-        }
+        )
     }
 
     /// How long the rest of the copy should take at the rate so far ("-" outside the copy).
