@@ -243,8 +243,14 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
         "the change needs no row rewrite: it will run directly (ALGORITHM=INSTANT)".to_string()
     } else {
         format!(
-            "the change rewrites rows: copy into {}, replay the binlog, swap with a sentry table",
-            names.shadow
+            "the change rewrites rows: copy into {}, replay the binlog, {}, swap with a sentry \
+             table",
+            names.shadow,
+            if b.opts.skip_checksum {
+                "no checksum (--skip-checksum)"
+            } else {
+                "checksum every row"
+            }
         )
     });
     b.table = Some(info);

@@ -364,8 +364,9 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
         );
     } else {
         lines.push(format!(
-            "plan: shadow table {}, publication and temporary slot {}, copy {} columns in key order, replay changes, swap names under lock_timeout {}ms per attempt",
+            "plan: shadow table {}, publication and temporary slot {}, copy {} columns in key order, replay changes, {}, swap names under lock_timeout {}ms per attempt",
             names.shadow_q(), names.slot, shadow_info.targets.len(),
+            if b.opts.skip_checksum { "no checksum (--skip-checksum)" } else { "checksum every row" },
             b.opts.cut_over_lock_timeout.as_millis()
         ));
         if !shadow_info.uniques.is_empty() {
