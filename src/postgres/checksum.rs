@@ -128,48 +128,22 @@ pub async fn begin(
     };
     catch_up(b).await?;
     let locker = lock_session(b).await?;
-    let source = b.names()?.source();
-    let timeout_ms = lock_timeout.as_millis();
-    locker
-        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout_ms}ms'"))
-        .await
-        .ctx("starting the checksum's lock")?;
     let requested = Instant::now();
-    let locked = locker
-        .batch_execute(&format!("LOCK TABLE {source} IN EXCLUSIVE MODE"))
-        .await
-        .ctx("locking the table for the checksum");
-    let outcome = match locked {
-        Err(e) if e.sqlstate() == Some("55P03") || locker.is_closed() => {
-            Err(format!("lock wait exceeded {timeout_ms}ms ({e})"))
-        }
-        Err(e) => {
-            let _ = locker.batch_execute("ROLLBACK").await;
-            return Err(e);
-        }
+    let outcome = match lock_and_drain(b, &locker, lock_timeout).await? {
+        Err(why) => Err(why),
         Ok(()) => {
-            let marker = b.next_marker();
-            let tail = b
-                .tail
-                .as_ref()
-                .ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
-            super::tail::emit(&b.ctl, tail.prefix(), &format!("cutover:{marker}")).await?;
-            if tail.wait_marker(marker, lock_timeout).await? {
-                // The first statement fixes the snapshot: the shadow now holds every change
-                // to the source, and the source cannot change until the lock goes.
-                snapshot
-                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
-                    .await
-                    .ctx("opening the checksum's snapshot")?;
-                // Only a lock still held now proves no write slipped in before the snapshot.
-                if locker.batch_execute("SELECT 1").await.is_ok() {
-                    Ok(requested.elapsed())
-                } else {
-                    let _ = snapshot.batch_execute("ROLLBACK").await;
-                    Err("the lock's session was lost before the snapshot was taken".to_string())
-                }
+            // The first statement fixes the snapshot: the shadow now holds every change to the
+            // source, and the source cannot change until the lock goes.
+            snapshot
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
+                .await
+                .ctx("opening the checksum's snapshot")?;
+            // Only a lock still held now proves no write slipped in before the snapshot.
+            if locker.batch_execute("SELECT 1").await.is_ok() {
+                Ok(())
             } else {
-                Err(format!("the applier did not drain within {timeout_ms}ms"))
+                let _ = snapshot.batch_execute("ROLLBACK").await;
+                Err("the lock's session was lost before the snapshot was taken".to_string())
             }
         }
     };
@@ -183,14 +157,61 @@ pub async fn begin(
 /// walsender may still be decoding its WAL), so the drain under the lock has only the last
 /// moments to apply. Seen without it: writes waited 160 ms on the view of a 1M-row demo.
 async fn catch_up(b: &mut PgBackend) -> Result<()> {
-    let marker = b.next_marker();
-    let tail = b
-        .tail
-        .as_ref()
-        .ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
-    super::tail::emit(&b.ctl, tail.prefix(), &format!("cutover:{marker}")).await?;
+    let marker = emit_marker(b).await?;
+    let tail = tail_of(b)?;
     while !tail.wait_marker(marker, Duration::from_secs(1)).await? {}
     Ok(())
+}
+
+fn tail_of(b: &PgBackend) -> Result<&super::tail::Tail> {
+    b.tail
+        .as_ref()
+        .ok_or_else(|| Error::Stream("the change stream is not running".into()))
+}
+
+/// A marker into the stream, after everything committed so far; returns its number.
+async fn emit_marker(b: &mut PgBackend) -> Result<u64> {
+    let marker = b.next_marker();
+    super::tail::emit(&b.ctl, tail_of(b)?.prefix(), &format!("cutover:{marker}")).await?;
+    Ok(marker)
+}
+
+/// In `locker`'s new transaction: lock the table against writes (waiting at most
+/// `lock_timeout`), then let the applier drain to a marker (as long again). Ok(Ok(())) with
+/// the lock held; Ok(Err(why)) when either took too long or the session was lost, rolled back.
+async fn lock_and_drain(
+    b: &mut PgBackend,
+    locker: &Client,
+    lock_timeout: Duration,
+) -> Result<std::result::Result<(), String>> {
+    let source = b.names()?.source();
+    let timeout_ms = lock_timeout.as_millis();
+    locker
+        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout_ms}ms'"))
+        .await
+        .ctx("starting the checksum's lock")?;
+    let locked = locker
+        .batch_execute(&format!("LOCK TABLE {source} IN EXCLUSIVE MODE"))
+        .await
+        .ctx("locking the table for the checksum");
+    let why = match locked {
+        Err(e) if e.sqlstate() == Some("55P03") || locker.is_closed() => {
+            format!("lock wait exceeded {timeout_ms}ms ({e})")
+        }
+        Err(e) => {
+            let _ = locker.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+        Ok(()) => {
+            let marker = emit_marker(b).await?;
+            if tail_of(b)?.wait_marker(marker, lock_timeout).await? {
+                return Ok(Ok(()));
+            }
+            format!("the applier did not drain within {timeout_ms}ms")
+        }
+    };
+    let _ = locker.batch_execute("ROLLBACK").await;
+    Ok(Err(why))
 }
 
 /// A session for the checksum's write lock, of its own so it is never taken for cut-over's;
@@ -281,36 +302,11 @@ pub async fn repair(
         .hashing
         .clone()
         .ok_or_else(|| Error::Stream("the checksum's view was never opened".into()))?;
-    let timeout_ms = lock_timeout.as_millis();
-    locker
-        .batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{timeout_ms}ms'"))
-        .await
-        .ctx("starting the checksum repair")?;
     let requested = Instant::now();
     let result: Result<Repair> = async {
-        match locker
-            .batch_execute(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", names.source()))
-            .await
-            .ctx("locking the table for the repair")
-        {
-            Err(e) if e.sqlstate() == Some("55P03") || locker.is_closed() => {
-                return Ok(Repair {
-                    retry: Some(format!("lock wait exceeded {timeout_ms}ms")),
-                    ..Repair::default()
-                })
-            }
-            Err(e) => return Err(e),
-            Ok(()) => {}
-        }
-        let marker = b.next_marker();
-        let tail = b
-            .tail
-            .as_ref()
-            .ok_or_else(|| Error::Stream("the change stream is not running".into()))?;
-        super::tail::emit(&b.ctl, tail.prefix(), &format!("cutover:{marker}")).await?;
-        if !tail.wait_marker(marker, lock_timeout).await? {
+        if let Err(why) = lock_and_drain(b, &locker, lock_timeout).await? {
             return Ok(Repair {
-                retry: Some(format!("the applier did not drain within {timeout_ms}ms")),
+                retry: Some(why),
                 ..Repair::default()
             });
         }
@@ -378,12 +374,8 @@ pub async fn repair(
     .await;
     let stall = requested.elapsed();
     match result {
-        Ok(r) => {
-            if r.retry.is_some() {
-                let _ = locker.batch_execute("ROLLBACK").await;
-            }
-            Ok(Repair { stall, ..r })
-        }
+        // A retry was rolled back by `lock_and_drain`; a repair committed.
+        Ok(r) => Ok(Repair { stall, ..r }),
         // The session (and with it the lock and the repair) was lost: nothing was changed.
         Err(e) if locker.is_closed() => Ok(Repair {
             retry: Some(format!("the repair's session was lost ({e})")),
