@@ -194,6 +194,27 @@ pub async fn retry_on_lost_session(e: &Error, what: &str, lost: &mut u32, retrie
     true
 }
 
+/// Open a session with `connect`, trying again while it fails because the server is out of
+/// reach, on the same `lost` / `retries` count as the work it reopens for.
+pub async fn reconnect<T, F, Fut>(
+    what: &str,
+    lost: &mut u32,
+    retries: u32,
+    mut connect: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    loop {
+        match connect().await {
+            Ok(session) => return Ok(session),
+            Err(e) if retry_on_lost_session(&e, what, lost, retries).await => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

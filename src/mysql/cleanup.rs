@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::cutover::drop_sentry;
 use super::shadow::{CHANGELOG_COMMENT, SHADOW_RECORD_ID};
 use super::{MyBackend, MyTarget, Names};
-use crate::engine::replay::{now_micros, retry_on_lost_session};
+use crate::engine::replay::{now_micros, reconnect};
 use crate::error::{Error, MyContext, Result};
 
 pub async fn after_run(b: &mut MyBackend, succeeded: bool, keep_shadow: bool) -> Result<()> {
@@ -23,16 +23,12 @@ pub async fn after_run(b: &mut MyBackend, succeeded: bool, keep_shadow: bool) ->
     // leaves its protocol out of step (even a ping can pass and the next statement fail):
     // clean up on a fresh session.
     // The server may be restarting (the reason the run failed): try again a while.
-    let mut lost = 0;
-    b.ctl = loop {
-        match b.session("cleanup").await {
-            Ok(conn) => break conn,
-            Err(e)
-                if retry_on_lost_session(&e, "cleanup", &mut lost, b.opts.default_retries)
-                    .await => {}
-            Err(e) => return Err(e),
-        }
-    };
+    let target = &b.target;
+    b.ctl = reconnect("cleanup", &mut 0, b.opts.default_retries, || {
+        target.connect("cleanup")
+    })
+    .await?;
+    b.conn_ids.push(b.ctl.id());
     let own = b.ctl.id();
     if !succeeded {
         // A session of ours may still hold a lock or wait in a rename: end them first.

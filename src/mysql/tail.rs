@@ -24,7 +24,7 @@ use super::values::key_part;
 use super::{MyBackend, Names};
 use crate::control::Steering;
 use crate::engine::progress::Progress;
-use crate::engine::replay::{now_micros, retry_on_lost_session, Router, TailState};
+use crate::engine::replay::{now_micros, reconnect, retry_on_lost_session, Router, TailState};
 use crate::engine::watermark::Key;
 use crate::error::{Error, MyContext, Result};
 
@@ -521,23 +521,10 @@ impl Applier {
                     Ok(()) => break,
                     Err(e) if retry_on_lost_session(&e, "apply", &mut lost, self.retries).await => {
                         // Opening the new session can be lost too: another try, counted.
-                        loop {
-                            match self.target.connect("apply").await {
-                                Ok(conn) => {
-                                    self.conn = conn;
-                                    break;
-                                }
-                                Err(e)
-                                    if retry_on_lost_session(
-                                        &e,
-                                        "apply",
-                                        &mut lost,
-                                        self.retries,
-                                    )
-                                    .await => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
+                        let target = &self.target;
+                        self.conn =
+                            reconnect("apply", &mut lost, self.retries, || target.connect("apply"))
+                                .await?;
                     }
                     Err(e) => return Err(e),
                 }

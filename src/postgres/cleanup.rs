@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 
 use super::shadow::shadow_marker;
 use super::{quote_ident, Names, PgBackend, PgTarget};
-use crate::engine::replay::retry_on_lost_session;
+use crate::engine::replay::reconnect;
 use crate::error::{Error, PgContext, Result};
 
 /// End the replication session of our slot and drop the slot if it is still there.
@@ -57,16 +57,11 @@ pub async fn after_run(b: &mut PgBackend, succeeded: bool, keep_shadow: bool) ->
     };
     // A fresh session: ours may be mid-statement (or mid-transaction) if the run was stopped.
     // The server may be restarting (the reason the run failed): try again a while.
-    let mut lost = 0;
-    let client = loop {
-        match b.target.connect("cleanup").await {
-            Ok((client, _)) => break client,
-            Err(e)
-                if retry_on_lost_session(&e, "cleanup", &mut lost, b.opts.default_retries)
-                    .await => {}
-            Err(e) => return Err(e),
-        }
-    };
+    let target = &b.target;
+    let client = reconnect("cleanup", &mut 0, b.opts.default_retries, || async {
+        Ok(target.connect("cleanup").await?.0)
+    })
+    .await?;
     if !succeeded {
         client
             .execute(

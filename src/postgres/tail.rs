@@ -19,7 +19,7 @@ use super::shadow::ShadowInfo;
 use super::{Names, PgBackend};
 use crate::control::Steering;
 use crate::engine::progress::Progress;
-use crate::engine::replay::{now_micros, retry_on_lost_session, Router, TailState};
+use crate::engine::replay::{now_micros, reconnect, retry_on_lost_session, Router, TailState};
 use crate::error::{Error, PgContext, Result};
 
 const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -421,35 +421,16 @@ impl Applier {
                     Ok(()) => break,
                     Err(e) if retry_on_lost_session(&e, "apply", &mut lost, self.retries).await => {
                         // Opening the new session can be lost too: another try, counted.
-                        loop {
-                            let fresh = async {
-                                let (client, _) = self.target.connect("apply").await?;
-                                let statements = Statements::prepare(
-                                    &client,
-                                    &self.names,
-                                    &self.table,
-                                    &self.shadow,
-                                )
-                                .await?;
-                                Ok::<_, Error>((client, statements))
-                            }
-                            .await;
-                            match fresh {
-                                Ok((client, statements)) => {
-                                    (self.client, self.statements) = (client, statements);
-                                    break;
-                                }
-                                Err(e)
-                                    if retry_on_lost_session(
-                                        &e,
-                                        "apply",
-                                        &mut lost,
-                                        self.retries,
-                                    )
-                                    .await => {}
-                                Err(e) => return Err(e),
-                            }
-                        }
+                        let (target, names) = (&self.target, &self.names);
+                        let (table, shadow) = (&self.table, &self.shadow);
+                        (self.client, self.statements) =
+                            reconnect("apply", &mut lost, self.retries, || async {
+                                let (client, _) = target.connect("apply").await?;
+                                let statements =
+                                    Statements::prepare(&client, names, table, shadow).await?;
+                                Ok((client, statements))
+                            })
+                            .await?;
                     }
                     Err(e) => return Err(e),
                 }
