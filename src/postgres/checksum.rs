@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use super::copy::range_filter;
 use super::{quote_ident, PgBackend};
 use crate::engine::backend::{ChunkCheck, KeyRange, Repair};
 use crate::engine::watermark::Key;
@@ -78,30 +79,6 @@ async fn hashing(b: &PgBackend) -> Result<Hashing> {
         shadow_key: format!("({})", shadow_key.join(", ")),
         source_key_text: format!("ROW{}::text", table.key_list()),
         shadow_key_text: format!("ROW({})::text", shadow_key_cast.join(", ")),
-    })
-}
-
-/// `WHERE …` selecting keys in (after, upto] over `keys`, with the values as parameters.
-fn range_filter(
-    b: &PgBackend,
-    keys: &str,
-    range: &KeyRange,
-    values: &mut Vec<String>,
-) -> Result<String> {
-    let table = b.table()?;
-    let mut parts = Vec::new();
-    if let Some(after) = &range.after {
-        parts.push(format!("{keys} > {}", table.key_params(values.len() + 1)));
-        values.extend(after.iter().map(|p| p.to_sql_text()));
-    }
-    if let Some(upto) = &range.upto {
-        parts.push(format!("{keys} <= {}", table.key_params(values.len() + 1)));
-        values.extend(upto.iter().map(|p| p.to_sql_text()));
-    }
-    Ok(if parts.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", parts.join(" AND "))
     })
 }
 

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use super::PgBackend;
+use crate::engine::backend::KeyRange;
 use crate::engine::watermark::Key;
 use crate::error::{Error, PgContext, Result};
 
@@ -82,6 +83,30 @@ pub fn visible(xid: u32, xmax: u64, xip: &[u64]) -> bool {
     full < xmax && !xip.contains(&full)
 }
 
+/// `WHERE …` selecting keys in (after, upto] over `keys`, with the values as parameters.
+pub(super) fn range_filter(
+    b: &PgBackend,
+    keys: &str,
+    range: &KeyRange,
+    values: &mut Vec<String>,
+) -> Result<String> {
+    let table = b.table()?;
+    let mut parts = Vec::new();
+    if let Some(after) = &range.after {
+        parts.push(format!("{keys} > {}", table.key_params(values.len() + 1)));
+        values.extend(after.iter().map(|p| p.to_sql_text()));
+    }
+    if let Some(upto) = &range.upto {
+        parts.push(format!("{keys} <= {}", table.key_params(values.len() + 1)));
+        values.extend(upto.iter().map(|p| p.to_sql_text()));
+    }
+    Ok(if parts.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", parts.join(" AND "))
+    })
+}
+
 pub async fn copy_chunk(
     b: &mut PgBackend,
     after: Option<&Key>,
@@ -93,28 +118,24 @@ pub async fn copy_chunk(
     let names = b.names()?;
     let shadow = b.shadow()?;
     let order = table.key_list();
-    let mut filter = Vec::new();
-    let mut values = Vec::new();
-    if after.is_some() {
-        filter.push(format!("{order} > {}", table.key_params(1)));
-        values.extend(key_texts(after));
-    }
-    if upto.is_some() {
-        filter.push(format!("{order} <= {}", table.key_params(values.len() + 1)));
-        values.extend(key_texts(upto));
-    }
-    let filter = if filter.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", filter.join(" AND "))
+    let range = KeyRange {
+        after: after.cloned(),
+        upto: upto.cloned(),
     };
-    // The same range over the shadow's key columns (the ALTER may rename them).
+    let mut values = Vec::new();
+    let filter = range_filter(b, &order, &range, &mut values)?;
+    // The same range over the shadow's key columns (the ALTER may rename them), same values.
     let shadow_key: Vec<String> = shadow
         .key_targets
         .iter()
         .map(|k| super::quote_ident(k))
         .collect();
-    let shadow_filter = filter.replace(&order, &format!("({})", shadow_key.join(", ")));
+    let shadow_filter = range_filter(
+        b,
+        &format!("({})", shadow_key.join(", ")),
+        &range,
+        &mut Vec::new(),
+    )?;
     let targets: Vec<String> = shadow
         .targets
         .iter()
