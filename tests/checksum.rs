@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{control, wait_status, Db, Server};
+use common::{control, run_postponed, Db, Server};
 use swivel::{Outcome, RunOptions};
 
 const ROWS: i64 = 20_000;
@@ -64,26 +64,6 @@ fn writer(server: Server, table: String, stop: Arc<AtomicBool>) -> tokio::task::
     })
 }
 
-/// Start a run whose cut-over is postponed; returns once it is caught up and waiting.
-async fn postponed_run(
-    server: Server,
-    table: &str,
-    dir: &std::path::Path,
-) -> (tokio::task::JoinHandle<swivel::Result<Outcome>>, PathBuf) {
-    let (socket, flag) = (dir.join("control.sock"), dir.join("postpone.flag"));
-    std::fs::write(&flag, "").unwrap();
-    let mut opts = RunOptions::new(server.dsn(), table, alter(server));
-    opts.execute = true;
-    opts.serve_socket_file = Some(socket.clone());
-    opts.knobs.postpone_cut_over_flag_file = Some(flag);
-    let run = tokio::spawn(swivel::run(opts, std::future::pending()));
-    wait_status(&socket, 60, "the postponed cut-over", |s| {
-        s["phase"] == "catch-up" && !s["postponed"].is_null()
-    })
-    .await;
-    (run, socket)
-}
-
 /// Damage the shadow table: a changed row, a missing one, another changed one far on, and an
 /// extra row past the source's last key.
 async fn damage(db: &mut Db, table: &str) {
@@ -104,7 +84,8 @@ async fn differing_rows_are_copied_again(server: Server) {
     make_table(&mut db, server, &table).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writes = writer(server, table.clone(), stop.clone());
-    let (run, socket) = postponed_run(server, &table, &dir).await;
+    let opts = RunOptions::new(server.dsn(), &table, alter(server));
+    let (run, socket) = run_postponed(opts, &dir).await;
     damage(&mut db, &table).await;
     control(&socket, "unpostpone").await;
     let outcome = run.await.unwrap();
@@ -169,7 +150,8 @@ async fn persistent_difference_refuses_cut_over(server: Server) {
     let dir = scratch(&table);
     let mut db = Db::connect(server).await;
     make_table(&mut db, server, &table).await;
-    let (run, socket) = postponed_run(server, &table, &dir).await;
+    let opts = RunOptions::new(server.dsn(), &table, alter(server));
+    let (run, socket) = run_postponed(opts, &dir).await;
     damage(&mut db, &table).await;
     // Whatever is copied into the shadow, row 7 comes out wrong.
     let trigger = match server {
@@ -244,19 +226,10 @@ async fn blocker_is_waited_out_then_ended(server: Server) {
     let dir = scratch(&table);
     let mut db = Db::connect(server).await;
     make_table(&mut db, server, &table).await;
-    let (socket, flag) = (dir.join("control.sock"), dir.join("postpone.flag"));
-    std::fs::write(&flag, "").unwrap();
     let mut opts = RunOptions::new(server.dsn(), &table, alter(server));
-    opts.execute = true;
-    opts.serve_socket_file = Some(socket.clone());
-    opts.knobs.postpone_cut_over_flag_file = Some(flag);
     opts.cut_over_lock_timeout = Duration::from_millis(300);
     opts.force_cut_over_after = Some(Duration::from_secs(2));
-    let run = tokio::spawn(swivel::run(opts, std::future::pending()));
-    wait_status(&socket, 60, "the postponed cut-over", |s| {
-        s["phase"] == "catch-up" && !s["postponed"].is_null()
-    })
-    .await;
+    let (run, socket) = run_postponed(opts, &dir).await;
     let mut blocker = Db::connect(server).await;
     blocker
         .exec(&format!("BEGIN; UPDATE {table} SET k = k WHERE id = 1"))

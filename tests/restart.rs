@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{wait_status, Db, Server};
+use common::{run_postponed, Db, Server};
 use swivel::{Outcome, RunOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -28,17 +28,8 @@ async fn postgres_restart_mid_run_fails_cleanly() {
     .unwrap();
     let dir = std::env::temp_dir().join(format!("swivel-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (socket, flag) = (dir.join("control.sock"), dir.join("postpone.flag"));
-    std::fs::write(&flag, "").unwrap();
-    let mut opts = RunOptions::new(Server::Postgres.dsn(), table, "ALTER COLUMN k TYPE bigint");
-    opts.execute = true;
-    opts.serve_socket_file = Some(socket.clone());
-    opts.knobs.postpone_cut_over_flag_file = Some(flag);
-    let run = tokio::spawn(swivel::run(opts, std::future::pending()));
-    wait_status(&socket, 60, "the postponed cut-over", |s| {
-        s["phase"] == "catch-up" && !s["postponed"].is_null()
-    })
-    .await;
+    let opts = RunOptions::new(Server::Postgres.dsn(), table, "ALTER COLUMN k TYPE bigint");
+    let (run, _socket) = run_postponed(opts, &dir).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/testbed.sh");
     let status = Command::new("bash")
         .args([script, "restart-pg", "3"])

@@ -320,3 +320,25 @@ pub async fn wait_status(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Start `opts` with its control socket and a postpone flag file in `dir`; returns the run and
+/// its socket once it has copied everything and waits, caught up, for `unpostpone`.
+pub async fn run_postponed(
+    mut opts: swivel::RunOptions,
+    dir: &std::path::Path,
+) -> (
+    tokio::task::JoinHandle<swivel::Result<swivel::Outcome>>,
+    std::path::PathBuf,
+) {
+    let (socket, flag) = (dir.join("control.sock"), dir.join("postpone.flag"));
+    std::fs::write(&flag, "").unwrap();
+    opts.execute = true;
+    opts.serve_socket_file = Some(socket.clone());
+    opts.knobs.postpone_cut_over_flag_file = Some(flag);
+    let run = tokio::spawn(swivel::run(opts, std::future::pending()));
+    wait_status(&socket, 60, "the postponed cut-over", |s| {
+        s["phase"] == "catch-up" && !s["postponed"].is_null()
+    })
+    .await;
+    (run, socket)
+}
