@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::control::reporter::eprintln_above;
 use crate::engine::backend::{backoff, Backend, KeyRange, Shared};
 use crate::engine::copy::ChunkTuner;
-use crate::engine::cutover::name_and_force_blockers;
+use crate::engine::cutover::{name_and_force_blockers, wait_caught_up};
 use crate::engine::progress::Phase;
 use crate::error::{Error, Result};
 use crate::options::RunOptions;
@@ -60,7 +60,7 @@ pub async fn run<B: Backend>(
             Err(why) => {
                 let label = format!("checksum: opening the view, attempt {attempt}");
                 name_and_force_blockers(backend, opts, &label, &why).await;
-                wait(backend, shared, backoff(attempt)).await?;
+                wait_caught_up(backend, steering, backoff(attempt)).await?;
             }
         }
     }
@@ -94,7 +94,7 @@ pub async fn run<B: Backend>(
                 Some(why) => {
                     let label = format!("checksum repair, attempt {attempt}");
                     name_and_force_blockers(backend, opts, &label, &why).await;
-                    wait(backend, shared, backoff(attempt)).await?;
+                    wait_caught_up(backend, steering, backoff(attempt)).await?;
                 }
             }
         };
@@ -159,18 +159,6 @@ async fn compare<B: Backend>(
             None => return Ok(differing),
         }
     }
-}
-
-async fn wait<B: Backend>(backend: &B, shared: &Shared, d: Duration) -> Result<()> {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        backend.check_tail()?;
-        if let Some(stop) = shared.steering.stop_reason() {
-            return Err(Error::Interrupted(stop));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 fn key_text(key: &crate::engine::watermark::Key) -> String {

@@ -159,7 +159,11 @@ pub async fn name_and_force_blockers<B: Backend>(
 }
 
 /// Sleep `d` while replay goes on, noticing a failed applier or a stop.
-async fn wait_caught_up<B: Backend>(backend: &B, steering: &Steering, d: Duration) -> Result<()> {
+pub async fn wait_caught_up<B: Backend>(
+    backend: &B,
+    steering: &Steering,
+    d: Duration,
+) -> Result<()> {
     let until = Instant::now() + d;
     while Instant::now() < until {
         backend.check_tail()?;

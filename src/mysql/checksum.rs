@@ -13,7 +13,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params};
 
 use super::copy::{chunk_end_on, range};
-use super::cutover::{lock_tables, tail_of, Retry};
+use super::cutover::{drain, lock_tables, tail_of, Retry};
 use super::{quote_ident, tail, MyBackend};
 use crate::engine::backend::{ChunkCheck, KeyRange, Repair};
 use crate::engine::watermark::Key;
@@ -250,26 +250,7 @@ async fn drained_under(
     timeout: Duration,
 ) -> std::result::Result<u64, Retry> {
     lock_tables(b.mariadb, locker, lock, timeout).await?;
-    let marker = b.next_marker();
-    let names = b.names.clone();
-    let Some(marker_conn) = b.marker_conn.as_mut() else {
-        return Err(Retry::Because("the marker session is gone".into()));
-    };
-    if let Err(e) = tail::emit_marker(marker_conn, &names, marker).await {
-        b.marker_conn = None;
-        return Err(Retry::Because(format!("writing the marker: {e}")));
-    }
-    let tail = tail_of(b).map_err(|e| Retry::Because(e.to_string()))?;
-    match tail.wait_marker(marker, timeout).await {
-        Ok(true) => Ok(marker),
-        Ok(false) => {
-            tail.resume(marker);
-            Err(Retry::Because(format!(
-                "the applier did not drain within {timeout:?}"
-            )))
-        }
-        Err(e) => Err(Retry::Because(format!("the applier failed: {e}"))),
-    }
+    drain(b, timeout).await
 }
 
 fn hashing_of(b: &MyBackend) -> Result<Hashing> {

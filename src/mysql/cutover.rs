@@ -134,30 +134,7 @@ async fn attempt_swap(
     lock_tables(b.mariadb, locker, &lock, timeout).await?;
     let locked_at = Instant::now();
 
-    // Every write to the table committed before this marker: once the applier reaches it,
-    // the shadow table holds them all.
-    let marker = b.next_marker();
-    let Some(marker_conn) = b.marker_conn.as_mut() else {
-        return Err(Retry::Because("the marker session is gone".into()));
-    };
-    if let Err(e) = tail::emit_marker(marker_conn, &names, marker).await {
-        b.marker_conn = None;
-        return Err(Retry::Because(format!("writing the marker: {e}")));
-    }
-    let drained = match tail_of(b) {
-        Ok(tail) => tail.wait_marker(marker, timeout).await,
-        Err(e) => Err(e),
-    };
-    match drained {
-        Ok(true) => {}
-        Ok(false) | Err(_) => {
-            let why = match drained {
-                Err(e) => format!("the applier failed: {e}"),
-                _ => format!("the applier did not drain within {timeout:?}"),
-            };
-            return Err(Retry::Because(why));
-        }
-    }
+    drain(b, timeout).await?;
 
     // B queues behind A's lock, and fails at once if A goes away while the sentry exists.
     let renamer_id = renamer.id();
@@ -207,6 +184,32 @@ async fn attempt_swap(
             Error::my("renaming", e)
         ))),
         Err(e) => Err(Retry::Because(format!("the rename task failed: {e}"))),
+    }
+}
+
+/// Every write to the table committed before a new marker: once the applier has reached it
+/// (and stopped there, until resumed), the shadow table holds them all. Ok(the marker), or why
+/// not within `timeout` (then the applier is told to go on past it).
+pub(super) async fn drain(b: &mut MyBackend, timeout: Duration) -> std::result::Result<u64, Retry> {
+    let marker = b.next_marker();
+    let names = b.names.clone();
+    let Some(marker_conn) = b.marker_conn.as_mut() else {
+        return Err(Retry::Because("the marker session is gone".into()));
+    };
+    if let Err(e) = tail::emit_marker(marker_conn, &names, marker).await {
+        b.marker_conn = None;
+        return Err(Retry::Because(format!("writing the marker: {e}")));
+    }
+    let tail = tail_of(b).map_err(|e| Retry::Because(e.to_string()))?;
+    match tail.wait_marker(marker, timeout).await {
+        Ok(true) => Ok(marker),
+        Ok(false) => {
+            tail.resume(marker);
+            Err(Retry::Because(format!(
+                "the applier did not drain within {timeout:?}"
+            )))
+        }
+        Err(e) => Err(Retry::Because(format!("the applier failed: {e}"))),
     }
 }
 
