@@ -126,6 +126,14 @@ struct RunArgs {
     /// again on a new session before the run gives up.
     #[arg(long, default_value_t = 60)]
     default_retries: u32,
+    /// Go on from where an interrupted run (same table, same --alter) got to, by the checkpoint
+    /// in its state table: the copy continues after its last saved chunk, the change stream
+    /// from its last saved position.
+    #[arg(long)]
+    resume: bool,
+    /// With --resume: refuse a checkpoint older than this (e.g. 24h, 7d).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    checkpoint_max_age: Duration,
     /// Swap without the checksum that otherwise compares the table and the shadow table,
     /// chunk by chunk, before cut-over.
     #[arg(long)]
@@ -355,6 +363,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     opts.cut_over_retries = args.cut_over_retries;
     opts.skip_checksum = args.skip_checksum;
     opts.default_retries = args.default_retries;
+    opts.resume = args.resume;
+    opts.checkpoint_max_age = args.checkpoint_max_age;
     opts.cut_over_max_wait = args.cut_over_max_wait;
     opts.force_cut_over_after = args.force_cut_over_after;
     opts.knobs.max_lag = args.max_lag_millis;

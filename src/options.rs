@@ -52,6 +52,10 @@ pub struct RunOptions {
     pub skip_checksum: bool,
     /// How often a chunk or a replay batch whose session was lost runs again on a new one.
     pub default_retries: u32,
+    /// Go on from the checkpoint of an interrupted run of the same ALTER.
+    pub resume: bool,
+    /// A checkpoint older than this is not resumed from.
+    pub checkpoint_max_age: Duration,
 }
 
 impl RunOptions {
@@ -81,6 +85,8 @@ impl RunOptions {
             announce: false,
             skip_checksum: false,
             default_retries: 60,
+            resume: false,
+            checkpoint_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -113,7 +119,8 @@ pub fn parse_duration(s: &str, unit: DurationUnit) -> Result<Duration, String> {
         ("s", _) => value,
         ("m", _) => value * 60.0,
         ("h", _) => value * 3600.0,
-        _ => return Err(format!("`{s}`: use ms, s, m or h")),
+        ("d", _) => value * 86400.0,
+        _ => return Err(format!("`{s}`: use ms, s, m, h or d")),
     };
     if !seconds.is_finite() || seconds <= 0.0 {
         return Err(format!(

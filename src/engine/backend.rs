@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::control::throttler::Probe;
 use crate::control::Steering;
+use crate::engine::checkpoint::Checkpoint;
 use crate::engine::progress::Progress;
 use crate::engine::watermark::{Key, Watermark};
 use crate::error::Result;
@@ -190,6 +191,10 @@ pub trait Backend {
         ranges: &[KeyRange],
         lock_timeout: Duration,
     ) -> Result<Repair>;
+    /// The checkpoint `--resume` goes on from, read and checked by `plan` (None: a new run).
+    fn resuming(&self) -> Option<&Checkpoint>;
+    /// Record how far the run got in the state table, with the stream position to go on from.
+    async fn save_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<()>;
     /// A probe for the throttler, with connections of its own (after `plan`).
     fn probe(&self) -> Result<Self::Probe>;
     /// Drop what the run created: the stream's objects always, the shadow table when the run

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::engine::backend::{Backend, Shared};
+use crate::engine::checkpoint::{self, Checkpoint};
 use crate::engine::replay::retry_on_lost_session;
 use crate::error::Result;
+use crate::options::RunOptions;
 
 const MIN_CHUNK: u64 = 100;
 const MAX_CHUNK: u64 = 200_000;
@@ -51,14 +53,19 @@ impl ChunkTuner {
 /// Copy the whole table, publishing each chunk's range through the watermark. Reads the
 /// steering state before each chunk: throttled, it waits; a pinned chunk size or a new target
 /// time applies to the next chunk; the nice ratio sleeps after it.
+/// Every [`checkpoint::EVERY`] a checkpoint is saved, after a chunk commits.
 pub async fn copy_table<B: Backend>(
     backend: &mut B,
     shared: &Shared,
-    initial_chunk: u64,
-    max_rows_per_second: Option<u32>,
-    retries: u32,
+    opts: &RunOptions,
 ) -> Result<()> {
     let (watermark, progress, steering) = (&shared.watermark, &shared.progress, &shared.steering);
+    let (initial_chunk, max_rows_per_second, retries) = (
+        opts.chunk_size,
+        opts.max_rows_per_second,
+        opts.default_retries,
+    );
+    let mut saved = Instant::now();
     let limiter: Option<DefaultDirectRateLimiter> = max_rows_per_second
         .and_then(NonZeroU32::new)
         .map(|rate| RateLimiter::direct(Quota::per_second(rate)));
@@ -132,6 +139,13 @@ pub async fn copy_table<B: Backend>(
         match upto {
             Some(key) => after = Some(key),
             None => return Ok(()),
+        }
+        if saved.elapsed() >= checkpoint::EVERY {
+            let rows = progress.rows_copied.load(Relaxed);
+            backend
+                .save_checkpoint(Checkpoint::new(opts, after.clone(), false, rows))
+                .await?;
+            saved = Instant::now();
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::control::socket::{self, Server};
 use crate::control::status::{self, RunInfo};
 use crate::control::throttler;
 use crate::engine::backend::{Backend, CutoverReport, PlanReport, Shared};
+use crate::engine::checkpoint::Checkpoint;
 use crate::engine::checksum::ChecksumReport;
 use crate::engine::copy::copy_table;
 use crate::engine::cutover;
@@ -120,9 +121,25 @@ async fn migrate<B: Backend>(
             println!("{line}");
         }
     }
+    if let Some(cp) = backend.resuming() {
+        // Before the applier starts: it must judge the changes it replays by this watermark.
+        shared.watermark.resume(cp.low.clone(), cp.copied);
+        progress.rows_copied.store(cp.rows_copied, Relaxed);
+        if opts.announce {
+            println!(
+                "resume: from the checkpoint saved {} ago: {} rows copied{}, stream from {}",
+                crate::engine::progress::format_duration(Duration::from_millis(
+                    unix_ms(SystemTime::now()).saturating_sub(cp.saved_unix_ms)
+                )),
+                cp.rows_copied,
+                if cp.copied { " (the copy is done)" } else { "" },
+                cp.stream
+            );
+        }
+    }
     hooks.run(Hook::Validated, progress, &[]).await?;
     hooks.run(Hook::RowcountComplete, progress, &[]).await?;
-    if plan.metadata_only && backend.run_metadata_only().await? {
+    if plan.metadata_only && backend.resuming().is_none() && backend.run_metadata_only().await? {
         return Ok(Outcome::MetadataOnly(plan));
     }
 
@@ -352,18 +369,20 @@ async fn pipeline<B: Backend>(
     hooks.run(Hook::BeforeRowCopy, progress, &[]).await?;
     progress.set_phase(Phase::Copying);
     let copy_started = Instant::now();
-    copy_table(
-        backend,
-        shared,
-        opts.chunk_size,
-        opts.max_rows_per_second,
-        opts.default_retries,
-    )
-    .await?;
+    let checkpoint = |copied| {
+        let rows = progress.rows_copied.load(Relaxed);
+        Checkpoint::new(opts, shared.watermark.low(), copied, rows)
+    };
+    if !shared.watermark.is_done() {
+        backend.save_checkpoint(checkpoint(false)).await?;
+        copy_table(backend, shared, opts).await?;
+    }
     let copy_time = copy_started.elapsed();
     progress.set_phase(Phase::CatchingUp);
     hooks.run(Hook::RowCopyComplete, progress, &[]).await?;
+    backend.save_checkpoint(checkpoint(true)).await?;
     backend.copy_done().await?;
+    backend.save_checkpoint(checkpoint(true)).await?;
     progress.mark("indexes built");
     let (report, checksum) = cutover::run(backend, opts, shared, hooks).await?;
     progress.mark("swapped");

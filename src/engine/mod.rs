@@ -3,6 +3,7 @@
 //! cleanup, counting in [`progress`].
 
 pub mod backend;
+pub mod checkpoint;
 pub mod checksum;
 pub mod copy;
 pub mod cutover;

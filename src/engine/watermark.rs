@@ -12,7 +12,9 @@ use std::sync::{Mutex, MutexGuard};
 
 /// One column of a key. Ordered as the server orders it: integers numerically, text by bytes
 /// (the "C" collation); tables whose keys order otherwise are refused at plan time.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum KeyPart {
     Int(i128),
     Text(String),
@@ -94,6 +96,16 @@ impl Watermark {
         if s.in_flight.take().is_some() {
             s.epoch += 1;
         }
+    }
+
+    /// Go on from a checkpoint: everything at or below `low` is copied, or everything when
+    /// `copied`.
+    pub fn resume(&self, low: Option<Key>, copied: bool) {
+        let mut s = self.lock();
+        s.low = low;
+        s.done = copied;
+        s.in_flight = None;
+        s.epoch += 1;
     }
 
     /// Mark the copy complete without a chunk (an empty table).

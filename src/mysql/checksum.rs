@@ -154,15 +154,8 @@ async fn hashing(b: &mut MyBackend) -> Result<Hashing> {
         source_values.push(norm(&quote_ident(&table.columns[i].name)));
         shadow_values.push(norm(&quote_ident(target)));
     }
-    let renamed = |col: &str| {
-        b.alter
-            .renames
-            .iter()
-            .find(|(old, _)| old.eq_ignore_ascii_case(col))
-            .map_or(col.to_string(), |(_, new)| new.clone())
-    };
     let source_key: Vec<String> = table.key_names().iter().map(|s| s.to_string()).collect();
-    let shadow_key = source_key.iter().map(|k| renamed(k)).collect();
+    let shadow_key = source_key.iter().map(|k| b.renamed(k)).collect();
     Ok(Hashing {
         source_row: row_hash(&source_values),
         shadow_row: row_hash(&shadow_values),

@@ -137,7 +137,7 @@ pub async fn cleanup_leftovers(
 }
 
 /// A run whose heartbeat is younger than this is alive (it beats every 100ms).
-const ACTIVE_WITHIN: Duration = Duration::from_secs(10);
+pub const ACTIVE_WITHIN: Duration = Duration::from_secs(10);
 
 /// The comment of table `db.name`, if the table exists ("" when it has none).
 async fn table_comment(ctl: &mut Conn, db: &str, name: &str) -> Result<Option<String>> {

@@ -5,8 +5,12 @@
 use mysql_async::prelude::Queryable;
 
 use super::values::Kind;
+use std::time::Duration;
+
 use super::MyBackend;
 use crate::engine::backend::PlanReport;
+use crate::engine::checkpoint::{self, Checkpoint};
+use crate::engine::replay::now_micros;
 use crate::error::{Error, MyContext, Result};
 
 #[derive(Clone, Debug)]
@@ -215,16 +219,25 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
             triggers.join(", ")
         )));
     }
+    let mut leftovers = Vec::new();
     for leftover in [&names.shadow, &names.changelog, &names.sentry, &names.old] {
         if super::table_exists(&mut b.ctl, db, leftover).await? {
-            let what = if leftover == &names.old {
-                "the table a swap would rename the original to: drop or rename it first"
-            } else {
-                "a leftover of an earlier run: remove it with `swivel cleanup` (it removes only \
-                 what swivel made: a table of yours by that name you must rename or drop yourself)"
-            };
-            return Err(Error::refused(format!("{db}.{leftover} exists, {what}")));
+            if leftover == &names.old {
+                return Err(Error::refused(format!(
+                    "{db}.{leftover} exists, the table a swap would rename the original to: drop \
+                     or rename it first"
+                )));
+            }
+            leftovers.push(format!("{db}.{leftover}"));
         }
+    }
+    if b.opts.resume {
+        b.resume = Some(resume_check(b).await?);
+    } else if !leftovers.is_empty() {
+        return Err(Error::refused(checkpoint::leftovers_message(
+            &leftovers.join(", "),
+            &b.opts.table,
+        )));
     }
 
     try_alter(b, &key_names).await?;
@@ -488,6 +501,82 @@ pub async fn run_metadata_only(b: &mut MyBackend) -> Result<bool> {
 /// MariaDB's lock_wait_timeout takes whole seconds.
 pub fn lock_wait_secs(d: std::time::Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// `--resume`: the interrupted run's shadow and changelog must be there and be swivel's, the
+/// run must be over (no fresh heartbeat), and its checkpoint one this run may go on from, at a
+/// binlog position the server still has.
+async fn resume_check(b: &mut MyBackend) -> Result<Checkpoint> {
+    let names = b.names.clone();
+    let again = format!(
+        "remove the run's leftovers with `swivel cleanup --dsn … --table {}` and start again",
+        b.opts.table
+    );
+    if super::table_exists(&mut b.ctl, &names.db, &names.sentry).await? {
+        return Err(Error::refused(format!(
+            "the interrupted run stopped during cut-over ({}.{} exists), where it cannot go on \
+             from: {again}",
+            names.db, names.sentry
+        )));
+    }
+    for name in [&names.shadow, &names.changelog] {
+        if !super::table_exists(&mut b.ctl, &names.db, name).await? {
+            return Err(Error::refused(format!(
+                "nothing to resume: {}.{name} does not exist (the run was cleaned up, or never \
+                 got that far); run without --resume",
+                names.db
+            )));
+        }
+    }
+    let rows: Vec<(u32, String, u64)> = b
+        .ctl
+        .query(format!(
+            "SELECT id, hint, value FROM {}",
+            names.changelog_q()
+        ))
+        .await
+        .my_ctx("reading the changelog")?;
+    let comment: Option<String> = b
+        .ctl
+        .exec_first(
+            "SELECT table_comment FROM information_schema.tables \
+             WHERE table_schema = ? AND table_name = ?",
+            (names.db.as_str(), names.changelog.as_str()),
+        )
+        .await
+        .my_ctx("reading the changelog's comment")?;
+    if comment.as_deref() != Some(super::shadow::CHANGELOG_COMMENT)
+        || !rows
+            .iter()
+            .any(|(id, _, _)| *id == super::shadow::SHADOW_RECORD_ID)
+    {
+        return Err(Error::refused(format!(
+            "{}.{} exists but swivel did not make it; rename or drop it yourself",
+            names.db, names.changelog
+        )));
+    }
+    if let Some((_, _, sent)) = rows.iter().find(|(id, _, _)| *id == 1) {
+        let age = Duration::from_micros(now_micros().saturating_sub(*sent));
+        if age < super::cleanup::ACTIVE_WITHIN {
+            return Err(Error::refused(format!(
+                "a swivel run is active on this table (its heartbeat is {:.1}s old); stop it \
+                 first, or wait {}s after it died",
+                age.as_secs_f64(),
+                super::cleanup::ACTIVE_WITHIN.as_secs()
+            )));
+        }
+    }
+    let checkpoint = super::state::load(&mut b.ctl, &names)
+        .await?
+        .ok_or_else(|| {
+            Error::refused(format!(
+                "{} holds no checkpoint: {again}",
+                names.changelog_q()
+            ))
+        })?;
+    checkpoint.check_resumable(&b.opts, b.opts.checkpoint_max_age)?;
+    super::state::check_position(&mut b.ctl, &checkpoint).await?;
+    Ok(checkpoint)
 }
 
 #[cfg(test)]

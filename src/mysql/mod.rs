@@ -11,6 +11,7 @@ mod cutover;
 pub mod inspect;
 mod probe;
 pub mod shadow;
+mod state;
 mod tail;
 pub mod values;
 
@@ -24,6 +25,7 @@ use crate::control::Steering;
 use crate::engine::backend::{
     Attempt, Backend, Blocker, ChunkCheck, KeyRange, PlanReport, Repair, Shared,
 };
+use crate::engine::checkpoint::Checkpoint;
 use crate::engine::plan::{parse_alter, AlterSpec};
 use crate::engine::progress::Progress;
 use crate::engine::watermark::{Key, Watermark};
@@ -147,6 +149,8 @@ pub struct MyBackend {
     /// The checksum's snapshot session, and its hash expressions.
     checksum_conn: Option<Conn>,
     hashing: Option<checksum::Hashing>,
+    /// `--resume`: the checkpoint the plan read and checked.
+    resume: Option<Checkpoint>,
 }
 
 impl MyBackend {
@@ -185,9 +189,11 @@ impl MyBackend {
             binlog_status: "SHOW MASTER STATUS",
             lock_view: None,
             marker_conn: None,
-            markers: 0,
+            // Above every marker an interrupted run wrote: a resumed stream replays those.
+            markers: crate::engine::replay::now_micros(),
             checksum_conn: None,
             hashing: None,
+            resume: None,
         })
     }
 
@@ -206,6 +212,15 @@ impl MyBackend {
     fn next_marker(&mut self) -> u64 {
         self.markers += 1;
         self.markers
+    }
+
+    /// A column's name in the shadow table (the ALTER may rename it).
+    fn renamed(&self, column: &str) -> String {
+        self.alter
+            .renames
+            .iter()
+            .find(|(old, _)| old.eq_ignore_ascii_case(column))
+            .map_or(column.to_string(), |(_, new)| new.clone())
     }
 
     /// A new session of ours, remembered so an interrupted run can end it.
@@ -231,7 +246,10 @@ impl Backend for MyBackend {
         if self.lock_view.is_none() {
             self.lock_view = Some(cutover::lock_view(&mut self.ctl, self.mariadb).await?);
         }
-        shadow::create(self).await?;
+        match self.resume.clone() {
+            Some(checkpoint) => state::reopen(self, &checkpoint).await?,
+            None => shadow::create(self).await?,
+        }
         tail::start(self).await?;
         let copier = self.session("copy").await?;
         self.copier = Some(copier);
@@ -291,6 +309,17 @@ impl Backend for MyBackend {
             .query_drop(format!("KILL {id}"))
             .await
             .my_ctx("ending a session in cut-over's way")
+    }
+
+    fn resuming(&self) -> Option<&Checkpoint> {
+        self.resume.as_ref()
+    }
+
+    async fn save_checkpoint(&mut self, mut checkpoint: Checkpoint) -> Result<()> {
+        if let Some(tail) = &self.tail {
+            checkpoint.stream = tail.applied_position();
+        }
+        state::save(&mut self.ctl, &self.names, &checkpoint).await
     }
 
     fn probe(&self) -> Result<Self::Probe> {

@@ -1,5 +1,5 @@
 //! The shadow table (`CREATE TABLE … LIKE` + the ALTER) and the changelog table that carries
-//! heartbeats and the cut-over marker through the binlog.
+//! heartbeats and the cut-over marker through the binlog, and the checkpoint.
 
 use mysql_async::prelude::Queryable;
 
@@ -45,7 +45,8 @@ pub async fn create(b: &mut MyBackend) -> Result<()> {
     b.ctl
         .query_drop(format!(
             "CREATE TABLE {} (id INT UNSIGNED PRIMARY KEY, hint VARCHAR(64) NOT NULL, \
-             value BIGINT NOT NULL) ENGINE=InnoDB COMMENT='{CHANGELOG_COMMENT}'",
+             value BIGINT NOT NULL, state MEDIUMTEXT NULL) ENGINE=InnoDB \
+             COMMENT='{CHANGELOG_COMMENT}'",
             names.changelog_q()
         ))
         .await
@@ -74,6 +75,12 @@ pub async fn create(b: &mut MyBackend) -> Result<()> {
         ))
         .await
         .my_ctx("altering the shadow table")?;
+    read_mapping(b).await
+}
+
+/// Which source columns the (altered) shadow table takes, and under which names.
+pub async fn read_mapping(b: &mut MyBackend) -> Result<()> {
+    let names = b.names.clone();
 
     let shadow_columns: Vec<(String, String)> = b
         .ctl
@@ -108,12 +115,7 @@ pub async fn create(b: &mut MyBackend) -> Result<()> {
         if column.generated {
             continue;
         }
-        let target = b
-            .alter
-            .renames
-            .iter()
-            .find(|(old, _)| old.eq_ignore_ascii_case(&column.name))
-            .map_or(column.name.clone(), |(_, new)| new.clone());
+        let target = b.renamed(&column.name);
         if writable(&target) {
             info.sources.push(i);
             info.targets.push(target);

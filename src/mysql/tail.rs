@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -33,6 +33,8 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 /// Changelog rows: one per purpose, replaced in place.
 const HEARTBEAT_ID: u32 = 1;
 const MARKER_ID: u32 = 2;
+/// The checkpoint row (its `state` holds the checkpoint's JSON; see [`super::state`]).
+pub const CHECKPOINT_ID: u32 = 5;
 
 /// What cut-over tells an applier that stopped at a marker.
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,6 +47,9 @@ struct Control {
 
 pub struct Tail {
     state: Arc<TailState>,
+    /// `file:position` after the newest transaction the applier applied with nothing held:
+    /// where a resumed run's stream may start.
+    applied: Arc<Mutex<String>>,
     control: watch::Sender<Control>,
     applier: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
@@ -61,6 +66,14 @@ impl Tail {
 
     pub fn lag(&self) -> Duration {
         self.state.lag()
+    }
+
+    /// Where a resumed run may start the stream: every change before it that was due is applied.
+    pub fn applied_position(&self) -> String {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Wait until the applier has applied everything before marker `n` and stopped there.
@@ -119,19 +132,25 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
     let table = b.table()?.clone();
     let statements = Statements::new(&names, &table, b.shadow()?);
 
-    let status: Option<mysql_async::Row> = b
-        .ctl
-        .query_first(b.binlog_status)
-        .await
-        .my_ctx("reading the binlog position")?;
-    let (file, position): (String, u64) = status
-        .and_then(|row| Some((row.get(0)?, row.get(1)?)))
-        .ok_or_else(|| {
-        Error::refused(format!(
-            "{} shows no binlog: the binary log is off (log_bin)",
-            b.binlog_status
-        ))
-    })?;
+    let (file, position) = match &b.resume {
+        // The interrupted run's applied position (checked by the plan).
+        Some(checkpoint) => parse_position(&checkpoint.stream)?,
+        None => {
+            let status: Option<mysql_async::Row> = b
+                .ctl
+                .query_first(b.binlog_status)
+                .await
+                .my_ctx("reading the binlog position")?;
+            status
+                .and_then(|row| Some((row.get(0)?, row.get(1)?)))
+                .ok_or_else(|| {
+                    Error::refused(format!(
+                        "{} shows no binlog: the binary log is off (log_bin)",
+                        b.binlog_status
+                    ))
+                })?
+        }
+    };
 
     let mut conn = b.target.connect_raw("binlog").await?;
     b.conn_ids.push(conn.id());
@@ -173,6 +192,7 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
     let apply_conn = b.session("apply").await?;
 
     let state = Arc::new(TailState::default());
+    let applied = Arc::new(Mutex::new(format!("{file}:{position}")));
     let (control, control_rx) = watch::channel(Control::default());
     let applier = Applier {
         stream,
@@ -188,7 +208,12 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
         target: b.target.clone(),
         retries: b.opts.default_retries,
         txn: 0,
+        first_marker: b.markers,
         tables: HashMap::new(),
+        file,
+        in_transaction: false,
+        last_commit: None,
+        applied: applied.clone(),
     };
     let applier = tokio::spawn(applier.run());
     let heartbeat = tokio::spawn(heartbeat(
@@ -200,6 +225,7 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
     ));
     b.tail = Some(Tail {
         state,
+        applied,
         control,
         applier,
         heartbeat,
@@ -257,7 +283,15 @@ struct Applier {
     retries: u32,
     /// Transactions seen (BEGIN events), to tell the watermark which one a discard came from.
     txn: u64,
+    /// Markers up to this one are an interrupted run's, replayed after `--resume`: not ours.
+    first_marker: u64,
     tables: HashMap<u64, Target>,
+    /// The binlog file being read (rotate events name the next).
+    file: String,
+    in_transaction: bool,
+    /// End of the newest transaction whose changes are all in the batch or applied.
+    last_commit: Option<u64>,
+    applied: Arc<Mutex<String>>,
 }
 
 impl Applier {
@@ -294,10 +328,19 @@ impl Applier {
                 .read_data()
                 .map_err(|e| Error::Stream(format!("decoding a binlog event: {e}")))?;
             match data {
+                Some(EventData::RotateEvent(r)) => self.file = r.name().into_owned(),
+                Some(EventData::XidEvent(_)) => {
+                    self.in_transaction = false;
+                    self.last_commit = Some(u64::from(event.header().log_pos()));
+                }
                 Some(EventData::QueryEvent(q)) => {
                     let sql = q.query();
                     if sql == "BEGIN" {
                         self.txn += 1;
+                        self.in_transaction = true;
+                    } else if sql == "COMMIT" {
+                        self.in_transaction = false;
+                        self.last_commit = Some(u64::from(event.header().log_pos()));
                     } else if changes_table(&sql, &self.names.table) {
                         return Err(Error::Stream(format!(
                             "`{sql}` ran on the table during the migration; the run stops and \
@@ -329,7 +372,10 @@ impl Applier {
                 }
                 None => match event.header().event_type_raw() {
                     // MariaDB's GTID event opens a transaction (there is no BEGIN then).
-                    162 => self.txn += 1,
+                    162 => {
+                        self.txn += 1;
+                        self.in_transaction = true;
+                    }
                     // MariaDB's annotate-rows, binlog checkpoint and GTID list events: nothing
                     // to replay.
                     160 | 161 | 163 => {}
@@ -486,7 +532,7 @@ impl Applier {
             self.router.release_held();
             self.flush().await?;
             self.state.saw_heartbeat(value, &self.progress);
-        } else if id == u64::from(MARKER_ID) {
+        } else if id == u64::from(MARKER_ID) && value > self.first_marker {
             self.router.release_held();
             self.flush().await?;
             if self.router.nothing_held() {
@@ -534,8 +580,28 @@ impl Applier {
                 .fetch_add(batch.len() as u64, Relaxed);
             self.router.clear_batch();
         }
+        // A resume may start after a transaction only when all of it is applied and nothing
+        // before it is held.
+        if self.router.nothing_held() && !self.in_transaction {
+            if let Some(pos) = self.last_commit.take() {
+                *self.applied.lock().unwrap_or_else(|p| p.into_inner()) =
+                    format!("{}:{pos}", self.file);
+            }
+        }
         Ok(())
     }
+}
+
+/// `file:position`, as a checkpoint records it.
+pub fn parse_position(text: &str) -> Result<(String, u64)> {
+    text.rsplit_once(':')
+        .and_then(|(file, pos)| Some((file.to_string(), pos.parse().ok()?)))
+        .ok_or_else(|| {
+            Error::refused(format!(
+                "the checkpoint's binlog position {text:?} is not file:position; remove the \
+                 run's leftovers with `swivel cleanup` and start again"
+            ))
+        })
 }
 
 /// An event swivel does not know: it may carry changes to the table, so the run must stop.

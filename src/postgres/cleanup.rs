@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::shadow::shadow_marker;
-use super::{quote_ident, Names, PgBackend, PgTarget};
+use super::{quote_ident, state, Names, PgBackend, PgTarget};
 use crate::engine::replay::reconnect;
 use crate::error::{Error, PgContext, Result};
 
@@ -72,6 +72,9 @@ pub async fn after_run(b: &mut PgBackend, succeeded: bool, keep_shadow: bool) ->
             .ctx("ending the run's sessions")?;
     }
     drop_slot(&client, &names.slot).await?;
+    if b.created_state {
+        state::drop(&client, &names).await?;
+    }
     if b.created_publication {
         client
             .batch_execute(&format!(
@@ -112,8 +115,8 @@ async fn drop_shadow(client: &Client, names: &Names) -> Result<()> {
         .ctx("dropping the shadow table")
 }
 
-/// Remove what a crashed or killed run left for `table`: the shadow table, the publication and
-/// the slot. Never touches the table itself or `_<table>_old`. Returns what it removed.
+/// Remove what a crashed or killed run left for `table`: the shadow and state tables, the
+/// publication and the slot. Never touches the table itself or `_<table>_old`. Returns what it removed.
 pub async fn cleanup_leftovers(
     dsn: &str,
     password: Option<&str>,
@@ -163,18 +166,36 @@ pub async fn cleanup_leftovers(
             )));
         }
     }
+    let state_table = state::ours(&client, &names.state_q(), &state::marker(row.get(0))).await?;
+    if state_table == Some(false) {
+        return Err(Error::refused(format!(
+            "table {} exists but swivel did not make it (it lacks swivel's comment), so swivel \
+             cleanup leaves it and everything else alone; if it is a leftover of yours, drop or \
+             rename it yourself",
+            names.state_q()
+        )));
+    }
     let mut removed = Vec::new();
-    let slots: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+    // What the abandoned slot costs: the WAL the server keeps for it.
+    let slot: Option<String> = client
+        .query_opt(
+            "SELECT coalesce(pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), 'no')
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&names.slot],
         )
         .await
         .ctx("looking for the slot")?
-        .get(0);
-    if slots > 0 {
+        .map(|r| r.get(0));
+    if let Some(retained) = slot {
         drop_slot(&client, &names.slot).await?;
-        removed.push(format!("replication slot {}", names.slot));
+        removed.push(format!(
+            "replication slot {} (it held {retained} of WAL)",
+            names.slot
+        ));
+    }
+    if state_table.is_some() {
+        state::drop(&client, &names).await?;
+        removed.push(format!("table {}", names.state_q()));
     }
     let publications: i64 = client
         .query_one(

@@ -3,8 +3,9 @@
 
 use tokio_postgres::Client;
 
-use super::{quote_ident, shadow, Names, PgBackend};
+use super::{quote_ident, shadow, state, Names, PgBackend};
 use crate::engine::backend::PlanReport;
+use crate::engine::checkpoint::{self, Checkpoint};
 use crate::engine::watermark::{Key, KeyPart};
 use crate::error::{Error, PgContext, Result};
 
@@ -278,15 +279,19 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
         "SELECT relname::text FROM pg_class WHERE relnamespace = to_regnamespace($1)::oid AND relname = ANY($2)
          UNION ALL SELECT pubname::text FROM pg_publication WHERE pubname = $3
          UNION ALL SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $3",
-        &[&names.schema, &vec![names.shadow.clone(), names.old.clone()], &names.publication]).await.ctx("looking for leftovers")?);
+        &[&names.schema, &vec![names.shadow.clone(), names.old.clone(), names.state.clone()], &names.publication]).await.ctx("looking for leftovers")?);
     if leftovers.contains(&names.old) {
         return refuse(format!("{} exists, from an earlier migration; drop or rename it first (it is the table swivel keeps after a cut-over)", names.qualified(&names.old)));
     }
-    if !leftovers.is_empty() {
-        return refuse(format!(
-            "leftovers of an earlier run exist ({}); if no swivel run is active on this table, remove them with `swivel cleanup --dsn … --table {}` (it removes only what swivel made: a table of yours by that name you must rename or drop yourself)",
-            leftovers.join(", "), b.opts.table));
+    if b.opts.resume {
+        b.resume = Some(resume_check(b, &names, oid).await?);
+    } else if !leftovers.is_empty() {
+        return refuse(checkpoint::leftovers_message(
+            &leftovers.join(", "),
+            &b.opts.table,
+        ));
     }
+    let client = &b.ctl;
 
     if estimated_rows == 0 {
         // Never analyzed: count, so progress and ETA mean something.
@@ -298,22 +303,29 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
     }
 
     let table = TableInfo { oid, columns, key };
-    // Try the ALTER on an empty copy, so the server's own objections show now.
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'",
-            b.opts.cut_over_lock_timeout.as_millis()
-        ))
-        .await
-        .ctx("starting the trial transaction")?;
-    let trial = shadow::build(client, &names, &table, &b.alter).await;
-    client
-        .batch_execute("ROLLBACK")
-        .await
-        .ctx("rolling back the trial")?;
-    let shadow_info = trial?;
+    let shadow_info = if b.resume.is_some() {
+        // The interrupted run's shadow table, altered and checked then: read its mapping.
+        let info = shadow::mapping(client, &names, &table, &b.alter, true).await?;
+        b.shadow = Some(info.clone());
+        info
+    } else {
+        // Try the ALTER on an empty copy, so the server's own objections show now.
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                b.opts.cut_over_lock_timeout.as_millis()
+            ))
+            .await
+            .ctx("starting the trial transaction")?;
+        let trial = shadow::build(client, &names, &table, &b.alter).await;
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .ctx("rolling back the trial")?;
+        trial?
+    };
     let metadata_only = b.alter.metadata_only && !shadow_info.rewrote;
-    if b.alter.metadata_only && shadow_info.rewrote {
+    if b.alter.metadata_only && shadow_info.rewrote && b.resume.is_none() {
         lines.push(
             "the server rewrites the table for this change (tried on an empty copy): it is copied online instead of run directly"
                 .into(),
@@ -337,9 +349,13 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
         if !replication {
             return Err(Error::refused("the connecting role lacks the REPLICATION attribute, needed for a replication slot: ALTER ROLE … REPLICATION"));
         }
-        let free_slots: i64 = client
+        let free_slots: i64 = if b.resume.is_some() {
+            1
+        } else {
+            client
             .query_one("SELECT current_setting('max_replication_slots')::int - count(*) FROM pg_replication_slots", &[])
-            .await.ctx("counting replication slots")?.get(0);
+            .await.ctx("counting replication slots")?.get(0)
+        };
         if free_slots < 1 {
             return Err(Error::refused(
                 "no free replication slot: raise max_replication_slots or drop an unused slot",
@@ -364,8 +380,8 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
         );
     } else {
         lines.push(format!(
-            "plan: shadow table {}, publication and temporary slot {}, copy {} columns in key order, replay changes, {}, swap names under lock_timeout {}ms per attempt",
-            names.shadow_q(), names.slot, shadow_info.targets.len(),
+            "plan: shadow table {}, publication and slot {} (checkpoints in {}), copy {} columns in key order, replay changes, {}, swap names under lock_timeout {}ms per attempt",
+            names.shadow_q(), names.slot, names.state_q(), shadow_info.targets.len(),
             if b.opts.skip_checksum { "no checksum (--skip-checksum)" } else { "checksum every row" },
             b.opts.cut_over_lock_timeout.as_millis()
         ));
@@ -425,4 +441,83 @@ pub async fn run_metadata_only(b: &mut PgBackend) -> Result<bool> {
     let now = shadow::shape(&b.ctl, &source).await?;
     crate::engine::backend::verify_direct_change(b.expected_shape.as_deref(), &now)?;
     Ok(true)
+}
+
+/// `--resume`: the interrupted run's objects must all be there and be swivel's, its slot idle
+/// and whole, and its checkpoint one this run may go on from.
+async fn resume_check(b: &PgBackend, names: &Names, oid: u32) -> Result<Checkpoint> {
+    let client = &b.ctl;
+    let again = format!(
+        "remove the run's leftovers with `swivel cleanup --dsn … --table {}` and start again",
+        b.opts.table
+    );
+    let shadow = state::ours(client, &names.shadow_q(), &shadow::shadow_marker(oid)).await?;
+    let state_table = state::ours(client, &names.state_q(), &state::marker(oid)).await?;
+    for (found, name) in [(shadow, names.shadow_q()), (state_table, names.state_q())] {
+        match found {
+            None => {
+                return Err(Error::refused(format!(
+                    "nothing to resume: {name} does not exist (the run was cleaned up, or never \
+                     got that far); run without --resume"
+                )))
+            }
+            Some(false) => {
+                return Err(Error::refused(format!(
+                    "{name} exists but swivel did not make it (it lacks swivel's comment); \
+                     rename or drop it yourself"
+                )))
+            }
+            Some(true) => {}
+        }
+    }
+    let slot = client
+        .query_opt(
+            "SELECT active_pid, coalesce(wal_status, '') FROM pg_replication_slots
+             WHERE slot_name = $1",
+            &[&names.slot],
+        )
+        .await
+        .ctx("looking for the run's slot")?;
+    let publication = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&names.publication],
+        )
+        .await
+        .ctx("looking for the run's publication")?;
+    match slot {
+        None => {
+            return Err(Error::refused(format!(
+                "replication slot {} is gone, so the changes made since the checkpoint cannot be \
+                 replayed: {again}",
+                names.slot
+            )))
+        }
+        Some(r) if r.get::<_, Option<i32>>(0).is_some() => {
+            return Err(Error::refused(format!(
+                "a swivel run is active on this table (replication session pid {}); stop it \
+                 first",
+                r.get::<_, i32>(0)
+            )))
+        }
+        Some(r) if r.get::<_, String>(1) == "lost" => {
+            return Err(Error::refused(format!(
+                "replication slot {} lost WAL it needed (max_slot_wal_keep_size), so the changes \
+                 made since the checkpoint cannot be replayed: {again}",
+                names.slot
+            )))
+        }
+        Some(_) => {}
+    }
+    if publication.is_none() {
+        return Err(Error::refused(format!(
+            "publication {} is gone: {again}",
+            names.publication
+        )));
+    }
+    let checkpoint = state::load(client, names).await?.ok_or_else(|| {
+        Error::refused(format!("{} holds no checkpoint: {again}", names.state_q()))
+    })?;
+    checkpoint.check_resumable(&b.opts, b.opts.checkpoint_max_age)?;
+    Ok(checkpoint)
 }

@@ -11,6 +11,7 @@ mod inspect;
 pub mod pgoutput;
 mod probe;
 mod shadow;
+mod state;
 mod tail;
 mod tls;
 
@@ -24,6 +25,7 @@ use crate::control::Steering;
 use crate::engine::backend::{
     Attempt, Backend, Blocker, ChunkCheck, KeyRange, PlanReport, Repair, Shared,
 };
+use crate::engine::checkpoint::Checkpoint;
 use crate::engine::plan::{parse_alter, AlterSpec};
 use crate::engine::progress::Progress;
 use crate::engine::watermark::{Key, Watermark};
@@ -57,13 +59,15 @@ pub fn quote_literal(s: &str) -> String {
 }
 
 /// The names of everything a run creates, derived from the table so a crashed run's leftovers
-/// are recognizable: `_<table>_new`, `_<table>_old`, `swivel_<oid>` slot and publication.
+/// are recognizable: `_<table>_new`, `_<table>_old`, `_<table>_swl` (state), `swivel_<oid>` slot
+/// and publication.
 #[derive(Clone, Debug)]
 pub struct Names {
     pub schema: String,
     pub table: String,
     pub shadow: String,
     pub old: String,
+    pub state: String,
     pub publication: String,
     pub slot: String,
 }
@@ -75,6 +79,7 @@ impl Names {
             table: table.to_string(),
             shadow: format!("_{table}_new"),
             old: format!("_{table}_old"),
+            state: format!("_{table}_swl"),
             publication: format!("swivel_{oid}"),
             slot: format!("swivel_{oid}"),
         }
@@ -91,6 +96,10 @@ impl Names {
 
     pub fn shadow_q(&self) -> String {
         self.qualified(&self.shadow)
+    }
+
+    pub fn state_q(&self) -> String {
+        self.qualified(&self.state)
     }
 }
 
@@ -110,7 +119,10 @@ pub struct PgBackend {
     copier: Option<Client>,
     tail: Option<Tail>,
     created_shadow: bool,
+    created_state: bool,
     created_publication: bool,
+    /// `--resume`: the checkpoint the plan read and checked.
+    resume: Option<Checkpoint>,
     /// `CREATE INDEX` statements of the shadow's secondary indexes, built after the copy.
     deferred_indexes: Vec<String>,
     /// The table's columns and constraints after the ALTER, as the plan's trial showed them.
@@ -150,11 +162,14 @@ impl PgBackend {
             copier: None,
             tail: None,
             created_shadow: false,
+            created_state: false,
             created_publication: false,
+            resume: None,
             deferred_indexes: Vec::new(),
             expected_shape: None,
             cutover_sessions: None,
-            markers: 0,
+            // Above every marker an interrupted run wrote: a resumed stream replays those.
+            markers: crate::engine::replay::now_micros(),
             checksum_session: None,
             hashing: None,
         })
@@ -203,7 +218,15 @@ impl Backend for PgBackend {
     }
 
     async fn prepare(&mut self) -> Result<()> {
-        shadow::create(self).await?;
+        match self.resume.clone() {
+            Some(checkpoint) => shadow::reopen(self, &checkpoint).await?,
+            None => {
+                let (names, oid) = (self.names()?.clone(), self.table()?.oid);
+                state::create(&self.ctl, &names, oid).await?;
+                self.created_state = true;
+                shadow::create(self).await?;
+            }
+        }
         tail::start(self).await?;
         let (copier, pid) = self.target.connect("copy").await?;
         self.pids.push(pid);
@@ -289,6 +312,26 @@ impl Backend for PgBackend {
             .await
             .ctx("ending a session in cut-over's way")?;
         Ok(())
+    }
+
+    fn resuming(&self) -> Option<&Checkpoint> {
+        self.resume.as_ref()
+    }
+
+    async fn save_checkpoint(&mut self, mut checkpoint: Checkpoint) -> Result<()> {
+        let names = self.names()?.clone();
+        checkpoint.after_copy = self.deferred_indexes.clone();
+        checkpoint.stream = self
+            .ctl
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&names.slot],
+            )
+            .await
+            .ctx("reading the slot's position")?
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .map_or_else(String::new, |lsn| format!("slot {} at {lsn}", names.slot));
+        state::save(&self.ctl, &names, &checkpoint).await
     }
 
     fn probe(&self) -> Result<Self::Probe> {

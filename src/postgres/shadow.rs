@@ -7,6 +7,8 @@ use tokio_postgres::Client;
 
 use super::inspect::TableInfo;
 use super::{quote_ident, Names, PgBackend};
+use crate::engine::backend::KeyRange;
+use crate::engine::checkpoint::Checkpoint;
 use crate::engine::plan::AlterSpec;
 use crate::error::{Error, PgContext, Result};
 
@@ -108,6 +110,19 @@ pub async fn build(
             ))
         })?;
     let rewrote = rewritten(&before, &storage(client, &shadow).await?);
+    mapping(client, names, table, alter, rewrote).await
+}
+
+/// How the source's rows map onto the (altered) shadow table; `rewrote` is what altering it
+/// showed.
+pub async fn mapping(
+    client: &Client,
+    names: &Names,
+    table: &TableInfo,
+    alter: &AlterSpec,
+    rewrote: bool,
+) -> Result<ShadowInfo> {
+    let shadow = names.shadow_q();
     let shape = shape(client, &shadow).await?;
 
     let rows = client
@@ -314,13 +329,52 @@ async fn defer_secondary_indexes(b: &mut PgBackend) -> Result<()> {
 }
 
 /// Build the indexes deferred by [`defer_secondary_indexes`]. The applier's writes to the
-/// shadow wait for each build; the lag this costs is caught up before cut-over.
+/// shadow wait for each build; the lag this costs is caught up before cut-over. A resumed run
+/// may find some built already (a build is one transaction: built whole or not at all).
 pub async fn build_deferred_indexes(b: &mut PgBackend) -> Result<()> {
     for definition in std::mem::take(&mut b.deferred_indexes) {
+        let sql = match definition.strip_prefix("CREATE INDEX ") {
+            Some(rest) => format!("CREATE INDEX IF NOT EXISTS {rest}"),
+            None => definition.clone(),
+        };
         b.ctl
-            .batch_execute(&definition)
+            .batch_execute(&sql)
             .await
             .ctx(format!("building a deferred index: {definition}"))?;
     }
+    Ok(())
+}
+
+/// `--resume`: take up the shadow table the interrupted run made (its mapping was read by the
+/// plan). Rows above the checkpoint's watermark may hold a copy the stream will not bring up to
+/// date: they go, and the copy reads them again.
+pub async fn reopen(b: &mut PgBackend, checkpoint: &Checkpoint) -> Result<()> {
+    b.created_shadow = true;
+    b.created_state = true;
+    b.created_publication = true;
+    b.deferred_indexes = checkpoint.after_copy.clone();
+    if checkpoint.copied {
+        return Ok(());
+    }
+    let (names, shadow) = (b.names()?.clone(), b.shadow()?.clone());
+    let keys: Vec<String> = shadow.key_targets.iter().map(|k| quote_ident(k)).collect();
+    let range = KeyRange {
+        after: checkpoint.low.clone(),
+        upto: None,
+    };
+    let mut values = Vec::new();
+    let filter =
+        super::copy::range_filter(b, &format!("({})", keys.join(", ")), &range, &mut values)?;
+    let removed = b
+        .ctl
+        .execute(
+            &format!("DELETE FROM ONLY {} {filter}", names.shadow_q()),
+            &super::text_params(&values),
+        )
+        .await
+        .ctx("removing the rows copied after the checkpoint")?;
+    tracing::info!(
+        "resume: removed {removed} rows copied after the checkpoint; they are copied again"
+    );
     Ok(())
 }

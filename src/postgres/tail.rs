@@ -1,5 +1,5 @@
-//! The CDC tailer and applier: a publication for the table, a temporary logical slot of our
-//! own created before the first chunk, the pgoutput stream decoded and each change routed
+//! The CDC tailer and applier: a publication for the table, a logical slot of our own created
+//! before the first chunk (permanent, so a crashed run can resume from it), the pgoutput stream decoded and each change routed
 //! through the watermark (apply, hold or discard), applied in batches; the slot is confirmed
 //! only up to what was applied. Heartbeats (non-transactional logical messages) measure lag,
 //! and a marker message tells cut-over when everything before its lock was applied.
@@ -71,16 +71,21 @@ impl Drop for Tail {
 pub async fn start(b: &mut PgBackend) -> Result<()> {
     let names = b.names()?.clone();
     let table = b.table()?.clone();
-    // The publication must exist before the slot: decoding looks it up as of each change.
-    b.ctl
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
-            super::quote_ident(&names.publication),
-            names.source()
-        ))
-        .await
-        .ctx("creating the publication")?;
-    b.created_publication = true;
+    // Resuming, the publication and the slot are the interrupted run's: the slot goes on from
+    // the last position the applier confirmed.
+    let resuming = b.resume.is_some();
+    if !resuming {
+        // The publication must exist before the slot: decoding looks it up as of each change.
+        b.ctl
+            .batch_execute(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                super::quote_ident(&names.publication),
+                names.source()
+            ))
+            .await
+            .ctx("creating the publication")?;
+        b.created_publication = true;
+    }
 
     let config = b
         .target
@@ -88,13 +93,16 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
     let mut repl = ReplicationClient::connect_gated(config)
         .await
         .map_err(|e| Error::Stream(format!("opening the replication session: {e}")))?;
-    // Temporary: the server drops it when our session ends, even if this process dies.
-    repl.simple_query(&format!(
-        "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-        names.slot
-    ))
-    .await
-    .map_err(|e| Error::Stream(format!("creating the replication slot {}: {e}", names.slot)))?;
+    // Permanent, so a run can resume after a crash: every exit path of the run drops it, and
+    // `swivel cleanup` drops one a killed run left (showing the WAL it holds).
+    if !resuming {
+        repl.simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            names.slot
+        ))
+        .await
+        .map_err(|e| Error::Stream(format!("creating the replication slot {}: {e}", names.slot)))?;
+    }
     repl.start()
         .await
         .map_err(|e| Error::Stream(format!("starting replication: {e}")))?;
@@ -128,6 +136,7 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         names: names.clone(),
         shadow: b.shadow()?.clone(),
         retries: b.opts.default_retries,
+        first_marker: b.markers,
     };
     let applier = tokio::spawn(applier.run());
     let heartbeat = tokio::spawn(heartbeat(
@@ -209,6 +218,8 @@ struct Applier {
     names: Names,
     shadow: ShadowInfo,
     retries: u32,
+    /// Markers up to this one are an interrupted run's, replayed after `--resume`: not ours.
+    first_marker: u64,
 }
 
 impl Applier {
@@ -400,6 +411,7 @@ impl Applier {
         } else if let Some(n) = content
             .strip_prefix("cutover:")
             .and_then(|t| t.parse::<u64>().ok())
+            .filter(|&n| n > self.first_marker)
         {
             self.router.release_held();
             self.flush().await?;

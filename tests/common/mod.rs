@@ -62,10 +62,19 @@ pub async fn reset(client: &Client, table: &str) {
             .batch_execute(&format!("DROP PUBLICATION IF EXISTS swivel_{oid}"))
             .await
             .expect("dropping a leftover publication");
+        // Slots are permanent (a killed run can resume): a leftover one would hold WAL.
+        client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                 WHERE slot_name = $1 AND NOT active",
+                &[&format!("swivel_{oid}")],
+            )
+            .await
+            .expect("dropping a leftover slot");
     }
     client
         .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old CASCADE"
+            "DROP TABLE IF EXISTS {table}, _{table}_new, _{table}_old, _{table}_swl CASCADE"
         ))
         .await
         .expect("resetting the test table");
@@ -79,6 +88,12 @@ pub async fn assert_nothing_left(client: &Client, table: &str) {
         .unwrap()
         .get(0);
     assert_eq!(shadow, None, "the shadow table of {table} was left behind");
+    let state: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&format!("_{table}_swl")])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, None, "the state table of {table} was left behind");
     let oid: Option<u32> = client
         .query_one("SELECT to_regclass($1)::oid", &[&table])
         .await

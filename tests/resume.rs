@@ -1,0 +1,244 @@
+//! `kill -9` in the middle of the copy, then `--resume`, on both servers: the resumed run goes
+//! on from the checkpoint (not from the first row) and, with writers busy throughout, ends with
+//! a table equal to its twin altered offline. On the way: what refuses, and how.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{wait_status, Db, Server};
+
+const ROWS: i64 = 60_000;
+
+fn swivel(args: &[&str], dir: &Path, name: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_swivel"))
+        .args(args)
+        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting swivel")
+}
+
+fn output(dir: &Path, name: &str) -> String {
+    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap();
+    format!("{}{}", read("out"), read("err"))
+}
+
+/// The same random write on the table and its twin, in one transaction each, until `stop`.
+async fn writer(server: Server, table: String, stop: Arc<AtomicBool>) -> u64 {
+    let mut db = Db::connect(server).await;
+    let twin = format!("{table}_twin");
+    let (mut seed, mut done) = (0x2545_f491_u64, 0);
+    while !stop.load(Relaxed) {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let r = (seed >> 33) as i64 % ROWS + 1;
+        let fresh = 10_000_000 + done as i64;
+        let sql = match (seed >> 20) % 4 {
+            0 => format!("UPDATE {{T}} SET k = k + 1 WHERE id = {r}"),
+            1 => format!("DELETE FROM {{T}} WHERE id = {r}"),
+            2 => format!("INSERT INTO {{T}} (id, k) VALUES ({fresh}, {r})"),
+            _ => format!("UPDATE {{T}} SET id = {fresh} WHERE id = {r}"),
+        };
+        db.exec("BEGIN").await.unwrap();
+        let ok = db.exec(&sql.replace("{T}", &table)).await.is_ok()
+            && db.exec(&sql.replace("{T}", &twin)).await.is_ok();
+        db.exec(if ok { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .unwrap();
+        done += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    done
+}
+
+async fn count(db: &mut Db, sql: &str) -> i64 {
+    db.rows(sql).await[0][0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
+}
+
+async fn killed_then_resumed(server: Server) {
+    let dsn = server.dsn();
+    let mut db = Db::connect(server).await;
+    let table = format!("resume_{}", format!("{server:?}").to_lowercase());
+    let twin = format!("{table}_twin");
+    db.reset(&table).await;
+    db.reset(&twin).await;
+    let (fill, alter, other_alter) = match server {
+        Server::Postgres => (
+            format!("INSERT INTO {table} SELECT i, i FROM generate_series(1, {ROWS}) i"),
+            "ALTER COLUMN k TYPE bigint",
+            "ALTER COLUMN k TYPE numeric",
+        ),
+        Server::MariaDb => (
+            format!("INSERT INTO {table} SELECT seq, seq FROM seq_1_to_{ROWS}"),
+            "MODIFY k BIGINT NOT NULL",
+            "MODIFY k DECIMAL(20) NOT NULL",
+        ),
+    };
+    for t in [&table, &twin] {
+        db.exec(&format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, k int NOT NULL)"
+        ))
+        .await
+        .unwrap();
+    }
+    db.exec(&fill).await.unwrap();
+    db.exec(&format!("INSERT INTO {twin} SELECT * FROM {table}"))
+        .await
+        .unwrap();
+    let analyze = match server {
+        Server::Postgres => format!("ANALYZE {table}"),
+        Server::MariaDb => format!("ANALYZE TABLE {table}"),
+    };
+    db.exec(&analyze).await.unwrap();
+
+    let dir = std::env::temp_dir().join(format!("swivel-resume-{}-{table}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("control.sock");
+    let run = |extra: &[&str], alter: &str| -> Vec<String> {
+        let mut args: Vec<String> = ["run", "--dsn", &dsn, "--table", &table, "--alter", alter]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = tokio::spawn(writer(server, table.clone(), stop.clone()));
+
+    // The first run: slowed down, killed once it has saved a checkpoint past some chunks.
+    let args = run(
+        &[
+            "--execute",
+            "--max-rows-per-second",
+            "5000",
+            "--serve-socket-file",
+            socket.to_str().unwrap(),
+        ],
+        alter,
+    );
+    let mut first = swivel(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir,
+        "first",
+    );
+    wait_status(&socket, 60, "25,000 rows copied", |s| {
+        s["rows_copied"].as_u64() >= Some(25_000)
+    })
+    .await;
+    first.kill().unwrap(); // SIGKILL: no cleanup
+    first.wait().unwrap();
+    let _ = std::fs::remove_file(&socket);
+    let in_shadow = count(&mut db, &format!("SELECT count(*) FROM _{table}_new")).await;
+    assert!(in_shadow > 0, "{server:?}: the killed run left its copy");
+
+    // Without --resume, the leftovers are refused, and the message names both ways on.
+    let plan = run(&[], alter);
+    let mut refused = swivel(
+        &plan.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir,
+        "plain",
+    );
+    assert!(!refused.wait().unwrap().success());
+    let said = output(&dir, "plain");
+    assert!(
+        said.contains("--resume") && said.contains("swivel cleanup"),
+        "{server:?}: {said}"
+    );
+    // A resume with another ALTER is refused, once the dead run no longer counts as alive
+    // (PostgreSQL: its walsender has gone; MariaDB: its heartbeat is 10s old).
+    let other = run(&["--execute", "--resume"], other_alter);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let mut refused = swivel(
+            &other.iter().map(String::as_str).collect::<Vec<_>>(),
+            &dir,
+            "other",
+        );
+        assert!(!refused.wait().unwrap().success());
+        let said = output(&dir, "other");
+        if !said.contains("is active") || Instant::now() > deadline {
+            assert!(said.contains("same ALTER"), "{server:?}: {said}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    let resume = run(&["--execute", "--resume"], alter);
+    let mut resumed = swivel(
+        &resume.iter().map(String::as_str).collect::<Vec<_>>(),
+        &dir,
+        "resume",
+    );
+    let ok = resumed.wait().unwrap().success();
+    let said = output(&dir, "resume");
+    assert!(ok, "{server:?}: the resume failed: {said}");
+    stop.store(true, Relaxed);
+    let writes = writes.await.unwrap();
+    let resumed_at: u64 = said
+        .lines()
+        .find_map(|l| l.strip_prefix("resume: from the checkpoint saved "))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{server:?}: the resume says where it went on from: {said}"));
+    assert!(
+        resumed_at > 0,
+        "{server:?}: the resume went on after the copied rows, not from the first: {said}"
+    );
+
+    db.exec(&format!("ALTER TABLE {twin} {alter}"))
+        .await
+        .unwrap();
+    for (a, b) in [(&table, &twin), (&twin, &table)] {
+        let differ = count(
+            &mut db,
+            &format!("SELECT count(*) FROM (SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b}) d"),
+        )
+        .await;
+        assert_eq!(differ, 0, "{server:?}: {a} has rows {b} lacks");
+    }
+    let k_type = match server {
+        Server::Postgres => format!(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = '{table}'::regclass AND attname = 'k'"
+        ),
+        Server::MariaDb => format!(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND table_name = '{table}' AND column_name = 'k'"
+        ),
+    };
+    assert!(
+        matches!(db.rows(&k_type).await[0][0].as_deref(), Some("bigint")),
+        "{server:?}: the column was changed"
+    );
+    db.assert_nothing_left(&table).await;
+    eprintln!(
+        "{server:?}: killed at {in_shadow} rows in the shadow, resumed after {resumed_at} \
+         rows, {writes} writes throughout"
+    );
+    db.reset(&table).await;
+    db.reset(&twin).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_run_killed_mid_copy_resumes_from_its_checkpoint() {
+    killed_then_resumed(Server::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_run_killed_mid_copy_resumes_from_its_checkpoint() {
+    killed_then_resumed(Server::MariaDb).await;
+}
