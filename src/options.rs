@@ -185,7 +185,11 @@ mod tests {
         for zero in ["0", "0s", "0ms", "0.0001ms"] {
             assert!(parse_duration(zero, Millis).is_err(), "{zero}");
         }
-        assert!(parse_duration("5d", Required).is_err());
+        assert_eq!(
+            parse_duration("2d", Required),
+            Ok(Duration::from_secs(2 * 86_400))
+        );
+        assert!(parse_duration("5w", Required).is_err());
         assert!(parse_duration("", Required).is_err());
     }
 
