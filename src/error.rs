@@ -43,6 +43,24 @@ impl Error {
         Error::Refused(msg.to_string())
     }
 
+    /// A replication stream's error: lost (the stream may be opened again) unless the server
+    /// refused what was asked for good (the slot or publication does not exist) or the
+    /// stream itself made no sense.
+    pub fn pg_stream(context: impl fmt::Display, e: pgwire_replication::PgWireError) -> Self {
+        use pgwire_replication::PgWireError as W;
+        let lost = match &e {
+            W::Io(_) | W::Task(_) => true,
+            W::Server(m) => !m.contains("does not exist"),
+            _ => false,
+        };
+        Error::Database {
+            context: context.to_string(),
+            message: e.to_string(),
+            code: None,
+            lost,
+        }
+    }
+
     /// A PostgreSQL error with the step it happened in, showing the server's own message.
     pub fn pg(context: impl fmt::Display, e: tokio_postgres::Error) -> Self {
         // Class 08 (connection exception), 57P01-03 (terminated by an administrator, crash,

@@ -180,6 +180,9 @@ enum Fault {
     /// Kill the applier's session three times while it replays: each batch is applied again on
     /// a new session.
     KillApplier,
+    /// Kill the change stream's session (the walsender; the binlog dump thread) twice mid-copy:
+    /// the stream is opened again from the last applied position.
+    KillStream,
     /// Kill the session holding the checksum's write lock, once: a view opened without the
     /// lock would see writes the shadow lacks, so it must be thrown away and opened again.
     KillChecksumLocker,
@@ -352,6 +355,60 @@ async fn kill_applier(server: Server, table: String, stop: Arc<AtomicBool>) -> b
     kill_three_times(&mut db, server, &find, &stop).await
 }
 
+/// The highest connection id of a binlog dump thread (0: none).
+async fn newest_dump_thread(db: &mut Db) -> u64 {
+    db.rows(
+        "SELECT coalesce(max(id), 0) FROM information_schema.processlist \
+         WHERE command LIKE 'Binlog Dump%'",
+    )
+    .await[0][0]
+        .as_deref()
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
+}
+
+/// End the change stream's session twice once the copy runs; true if it did. On MariaDB a dump
+/// thread says nothing of whose it is: the newest one opened after the run started is taken
+/// (another test's run beside this one would reconnect as well).
+async fn kill_stream(server: Server, table: String, before: u64, stop: Arc<AtomicBool>) -> bool {
+    let mut db = Db::connect(server).await;
+    let find = match server {
+        Server::Postgres => format!(
+            "SELECT active_pid FROM pg_replication_slots \
+             WHERE slot_name = 'swivel_' || '{table}'::regclass::oid AND active_pid IS NOT NULL"
+        ),
+        Server::MariaDb => format!(
+            "SELECT max(id) FROM information_schema.processlist \
+             WHERE command LIKE 'Binlog Dump%' AND id > {before}"
+        ),
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut kills = 0;
+    while kills < 2 {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Some(id) = db
+            .rows(&find)
+            .await
+            .into_iter()
+            .next()
+            .and_then(|r| r[0].clone())
+        {
+            let kill = match server {
+                Server::Postgres => format!("SELECT pg_terminate_backend({id})"),
+                Server::MariaDb => format!("KILL {id}"),
+            };
+            let _ = db.exec(&kill).await;
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
 /// Kill the session `find` names, three times, 300ms apart; false if `stop` comes first.
 async fn kill_three_times(db: &mut Db, server: Server, find: &str, stop: &AtomicBool) -> bool {
     let mut kills = 0;
@@ -521,6 +578,19 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
             Some(tokio::spawn(kill_copier(
                 server,
                 table.clone(),
+                killer_stop.clone(),
+            )))
+        }
+        Fault::KillStream => {
+            opts.max_rows_per_second = Some(5000);
+            let before = match server {
+                Server::Postgres => 0,
+                Server::MariaDb => newest_dump_thread(&mut db).await,
+            };
+            Some(tokio::spawn(kill_stream(
+                server,
+                table.clone(),
+                before,
                 killer_stop.clone(),
             )))
         }
@@ -735,6 +805,11 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stream_session_killed() {
+        run_model(Server::Postgres, 14, 20_000, Fault::KillStream).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn heartbeat_session_killed() {
         run_model(Server::Postgres, 10, 20_000, Fault::KillHeartbeat).await;
     }
@@ -809,6 +884,11 @@ mod mariadb {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn apply_session_killed() {
         run_model(Server::MariaDb, 13, 20_000, Fault::KillApplier).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stream_session_killed() {
+        run_model(Server::MariaDb, 14, 20_000, Fault::KillStream).await;
     }
 
     /// The rename queues on the shadow table, not on the table: the attempt must not go on.

@@ -87,6 +87,13 @@ impl<C> Router<C> {
         self.batch.clear();
     }
 
+    /// The stream is read again from an earlier position: what was routed but not applied
+    /// arrives again.
+    pub fn forget(&mut self) {
+        self.batch.clear();
+        self.held.clear();
+    }
+
     pub fn nothing_held(&self) -> bool {
         self.held.is_empty()
     }

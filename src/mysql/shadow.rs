@@ -45,8 +45,8 @@ pub async fn create(b: &mut MyBackend) -> Result<()> {
     b.ctl
         .query_drop(format!(
             "CREATE TABLE {} (id INT UNSIGNED PRIMARY KEY, hint VARCHAR(64) NOT NULL, \
-             value BIGINT NOT NULL, state MEDIUMTEXT NULL) ENGINE=InnoDB \
-             COMMENT='{CHANGELOG_COMMENT}'",
+             value BIGINT NOT NULL, state MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL) \
+             ENGINE=InnoDB COMMENT='{CHANGELOG_COMMENT}'",
             names.changelog_q()
         ))
         .await

@@ -152,31 +152,8 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
         }
     };
 
-    let mut conn = b.target.connect_raw("binlog").await?;
-    b.conn_ids.push(conn.id());
-    if b.mariadb {
-        // Say we read MariaDB's GTID events. Otherwise the server rewrites each into an event
-        // an old replica knows, and fails on some ("Failed to replace GTID event with
-        // backwards-compatible event: corrupt event", seen on a group-committed GTID event of a
-        // statement-format transaction): the stream would end mid-run.
-        conn.query_drop("SET @mariadb_slave_capability = 4")
-            .await
-            .my_ctx("declaring the replica's capabilities")?;
-    }
-    // While throttled the applier reads nothing and the server's writes to this connection
-    // block; with the default net_write_timeout (60s) the server would drop a replica paused
-    // for a minute. The dump thread runs in this session, so its timeout is ours to set.
-    conn.query_drop("SET SESSION net_write_timeout = 31536000")
-        .await
-        .my_ctx("letting the binlog stream wait while throttled")?;
-    let stream = conn
-        .get_binlog_stream(
-            BinlogStreamRequest::new(server_id())
-                .with_filename(file.as_bytes())
-                .with_pos(position),
-        )
-        .await
-        .my_ctx(format!("opening the binlog stream at {file}:{position}"))?;
+    let (stream, id) = open_stream(&b.target, b.mariadb, &file, position).await?;
+    b.conn_ids.push(id);
 
     let mut heartbeat_conn = b.session("heartbeat").await?;
     // A transaction binlogged before `position` may not be visible yet; the server commits in
@@ -209,6 +186,8 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
         retries: b.opts.default_retries,
         txn: 0,
         first_marker: b.markers,
+        mariadb: b.mariadb,
+        lost: 0,
         tables: HashMap::new(),
         file,
         in_transaction: false,
@@ -231,6 +210,41 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
         heartbeat,
     });
     Ok(())
+}
+
+/// A replica connection streaming the binlog from `file`:`position`, and its connection id.
+async fn open_stream(
+    target: &super::MyTarget,
+    mariadb: bool,
+    file: &str,
+    position: u64,
+) -> Result<(BinlogStream, u32)> {
+    let mut conn = target.connect_raw("binlog").await?;
+    let id = conn.id();
+    if mariadb {
+        // Say we read MariaDB's GTID events. Otherwise the server rewrites each into an event
+        // an old replica knows, and fails on some ("Failed to replace GTID event with
+        // backwards-compatible event: corrupt event", seen on a group-committed GTID event of a
+        // statement-format transaction): the stream would end mid-run.
+        conn.query_drop("SET @mariadb_slave_capability = 4")
+            .await
+            .my_ctx("declaring the replica's capabilities")?;
+    }
+    // While throttled the applier reads nothing and the server's writes to this connection
+    // block; with the default net_write_timeout (60s) the server would drop a replica paused
+    // for a minute. The dump thread runs in this session, so its timeout is ours to set.
+    conn.query_drop("SET SESSION net_write_timeout = 31536000")
+        .await
+        .my_ctx("letting the binlog stream wait while throttled")?;
+    let stream = conn
+        .get_binlog_stream(
+            BinlogStreamRequest::new(server_id())
+                .with_filename(file.as_bytes())
+                .with_pos(position),
+        )
+        .await
+        .my_ctx(format!("opening the binlog stream at {file}:{position}"))?;
+    Ok((stream, id))
 }
 
 /// Write a heartbeat every [`HEARTBEAT`]. A failed write is tried again on a fresh session
@@ -285,6 +299,9 @@ struct Applier {
     txn: u64,
     /// Markers up to this one are an interrupted run's, replayed after `--resume`: not ours.
     first_marker: u64,
+    mariadb: bool,
+    /// Times the stream was lost and opened again, against `retries`.
+    lost: u32,
     tables: HashMap<u64, Target>,
     /// The binlog file being read (rotate events name the next).
     file: String,
@@ -318,9 +335,19 @@ impl Applier {
                         self.flush().await?;
                         continue;
                     }
-                    Ok(None) => return Err(Error::Stream("the binlog stream ended".into())),
+                    Ok(None) => {
+                        let e = Error::Database {
+                            context: "reading the binlog".into(),
+                            message: "the stream ended".into(),
+                            code: None,
+                            lost: true,
+                        };
+                        self.stream_lost(e).await?;
+                        continue;
+                    }
                     Ok(Some(Err(e))) => {
-                        return Err(Error::Stream(format!("the binlog stream failed: {e}")))
+                        self.stream_lost(Error::my("reading the binlog", e)).await?;
+                        continue;
                     }
                     Ok(Some(Ok(event))) => event,
                 };
@@ -556,6 +583,29 @@ impl Applier {
         Ok(true)
     }
 
+    /// The stream failed with `e`: if its session was lost (and retries are left), open it
+    /// again at the last applied position. Everything after it comes again, so what was read
+    /// but not applied is dropped; what was applied after it is applied again, which leaves
+    /// the same rows.
+    async fn stream_lost(&mut self, e: Error) -> Result<()> {
+        if !retry_on_lost_session(&e, "binlog stream", &mut self.lost, self.retries).await {
+            return Err(e);
+        }
+        let (file, position) =
+            parse_position(&self.applied.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let (target, mariadb) = (&self.target, self.mariadb);
+        let (stream, _) = reconnect("binlog stream", &mut self.lost, self.retries, || {
+            open_stream(target, mariadb, &file, position)
+        })
+        .await?;
+        self.stream = stream;
+        self.file = file;
+        self.router.forget();
+        self.in_transaction = false;
+        self.last_commit = None;
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<()> {
         let batch = self.router.batch();
         if !batch.is_empty() {
@@ -586,6 +636,7 @@ impl Applier {
             if let Some(pos) = self.last_commit.take() {
                 *self.applied.lock().unwrap_or_else(|p| p.into_inner()) =
                     format!("{}:{pos}", self.file);
+                self.lost = 0;
             }
         }
         Ok(())

@@ -92,7 +92,7 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         .replication_config(&names.slot, &names.publication)?;
     let mut repl = ReplicationClient::connect_gated(config)
         .await
-        .map_err(|e| Error::Stream(format!("opening the replication session: {e}")))?;
+        .map_err(|e| Error::pg_stream("opening the replication session", e))?;
     // Permanent, so a run can resume after a crash: every exit path of the run drops it, and
     // `swivel cleanup` drops one a killed run left (showing the WAL it holds).
     if !resuming {
@@ -103,12 +103,7 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         .await
         .map_err(|e| Error::Stream(format!("creating the replication slot {}: {e}", names.slot)))?;
     }
-    repl.start()
-        .await
-        .map_err(|e| Error::Stream(format!("starting replication: {e}")))?;
-    repl.wait_started()
-        .await
-        .map_err(|e| Error::Stream(format!("starting replication: {e}")))?;
+    start_streaming(&mut repl).await?;
 
     let (client, pid) = b.target.connect("apply").await?;
     b.pids.push(pid);
@@ -137,6 +132,7 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         shadow: b.shadow()?.clone(),
         retries: b.opts.default_retries,
         first_marker: b.markers,
+        stream_lost: 0,
     };
     let applier = tokio::spawn(applier.run());
     let heartbeat = tokio::spawn(heartbeat(
@@ -153,6 +149,15 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         prefix,
     });
     Ok(())
+}
+
+async fn start_streaming(repl: &mut ReplicationClient) -> Result<()> {
+    repl.start()
+        .await
+        .map_err(|e| Error::pg_stream("starting replication", e))?;
+    repl.wait_started()
+        .await
+        .map_err(|e| Error::pg_stream("starting replication", e))
 }
 
 /// Emit a heartbeat every [`HEARTBEAT`]. A lost session is opened again (a heartbeat is safe to
@@ -220,6 +225,8 @@ struct Applier {
     retries: u32,
     /// Markers up to this one are an interrupted run's, replayed after `--resume`: not ours.
     first_marker: u64,
+    /// Times the stream was lost and opened again, against `retries`.
+    stream_lost: u32,
 }
 
 impl Applier {
@@ -239,19 +246,27 @@ impl Applier {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            let event = match tokio::time::timeout(Duration::from_millis(20), self.repl.recv())
-                .await
-            {
-                Err(_) => {
-                    // Idle: apply what is due, so a quiet table still converges.
-                    self.router.release_held();
-                    self.flush().await?;
-                    continue;
-                }
-                Ok(Err(e)) => return Err(Error::Stream(format!("replication stream failed: {e}"))),
-                Ok(Ok(None)) => return Ok(()),
-                Ok(Ok(Some(event))) => event,
-            };
+            let event =
+                match tokio::time::timeout(Duration::from_millis(20), self.repl.recv()).await {
+                    Err(_) => {
+                        // Idle: apply what is due, so a quiet table still converges.
+                        self.router.release_held();
+                        self.flush().await?;
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        let e = Error::pg_stream("the replication stream failed", e);
+                        if !retry_on_lost_session(&e, "stream", &mut self.stream_lost, self.retries)
+                            .await
+                        {
+                            return Err(e);
+                        }
+                        self.reopen_stream().await?;
+                        continue;
+                    }
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Ok(Some(event))) => event,
+                };
             match event {
                 ReplicationEvent::Begin { xid, .. } => {
                     self.xid = xid;
@@ -422,6 +437,28 @@ impl Applier {
         Ok(())
     }
 
+    /// The stream was lost: open it again on the slot, which goes on from the last position
+    /// confirmed. Everything after it comes again, so what was received but not applied is
+    /// dropped; what was applied after it is applied again, which leaves the same rows.
+    async fn reopen_stream(&mut self) -> Result<()> {
+        let config = self
+            .target
+            .replication_config(&self.names.slot, &self.names.publication)?;
+        self.repl = reconnect("stream", &mut self.stream_lost, self.retries, || async {
+            let mut repl = ReplicationClient::connect_gated(config.clone())
+                .await
+                .map_err(|e| Error::pg_stream("opening the replication session", e))?;
+            start_streaming(&mut repl).await?;
+            Ok(repl)
+        })
+        .await?;
+        self.router.forget();
+        self.in_transaction = false;
+        self.last_commit = None;
+        self.relation_checked = false;
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<()> {
         let batch = self.router.batch();
         if !batch.is_empty() {
@@ -456,6 +493,7 @@ impl Applier {
         if self.router.nothing_held() && !self.in_transaction {
             if let Some(lsn) = self.last_commit.take() {
                 self.repl.update_applied_lsn(lsn);
+                self.stream_lost = 0;
             }
         }
         Ok(())
