@@ -582,7 +582,8 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
             )))
         }
         Fault::KillStream => {
-            opts.max_rows_per_second = Some(5000);
+            // A copy of about 7s: room for two kills and reconnects however slow the machine.
+            opts.max_rows_per_second = Some(3000);
             let before = match server {
                 Server::Postgres => 0,
                 Server::MariaDb => newest_dump_thread(&mut db).await,

@@ -187,6 +187,24 @@ impl PgBackend {
             .ok_or_else(|| Error::Stream("the table was not inspected".into()))
     }
 
+    /// The control session, opened again if the server closed it (a restart, say): the
+    /// checksum and cut-over start from it.
+    async fn reopen_ctl_if_lost(&mut self) -> Result<()> {
+        if self.ctl.is_closed() {
+            let target = &self.target;
+            let (ctl, pid) = crate::engine::replay::reconnect(
+                "control",
+                &mut 0,
+                self.opts.default_retries,
+                || target.connect("ctl"),
+            )
+            .await?;
+            self.ctl = ctl;
+            self.pids.push(pid);
+        }
+        Ok(())
+    }
+
     fn next_marker(&mut self) -> u64 {
         self.markers += 1;
         self.markers
@@ -272,6 +290,7 @@ impl Backend for PgBackend {
 
     async fn cutover_attempt(&mut self, attempt: u32, lock_timeout: Duration) -> Result<Attempt> {
         let _ = attempt; // markers number the drains, attempts only the log
+        self.reopen_ctl_if_lost().await?;
         cutover::attempt(self, lock_timeout).await
     }
 
@@ -347,6 +366,7 @@ impl Backend for PgBackend {
         &mut self,
         lock_timeout: Duration,
     ) -> Result<std::result::Result<Duration, String>> {
+        self.reopen_ctl_if_lost().await?;
         checksum::begin(self, lock_timeout).await
     }
 
