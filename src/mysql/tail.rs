@@ -355,7 +355,7 @@ impl Applier {
                 .read_data()
                 .map_err(|e| Error::Stream(format!("decoding a binlog event: {e}")))?;
             match data {
-                Some(EventData::RotateEvent(r)) => self.file = r.name().into_owned(),
+                Some(EventData::RotateEvent(r)) => self.file = next_file(&self.file, &r.name()),
                 Some(EventData::XidEvent(_)) => {
                     self.in_transaction = false;
                     self.last_commit = Some(u64::from(event.header().log_pos()));
@@ -643,6 +643,20 @@ impl Applier {
     }
 }
 
+/// The file a rotate event names. The stream's first (artificial) rotate event comes before the
+/// format description says whether events carry a checksum, so its name may end in the
+/// checksum's four bytes: the name is the current file's base and the digits after it.
+fn next_file(current: &str, named: &str) -> String {
+    let base = current.rsplit_once('.').map_or("", |(b, _)| b);
+    match named.strip_prefix(base).and_then(|r| r.strip_prefix('.')) {
+        Some(rest) if !base.is_empty() => {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            format!("{base}.{digits}")
+        }
+        _ => named.to_string(),
+    }
+}
+
 /// `file:position`, as a checkpoint records it.
 pub fn parse_position(text: &str) -> Result<(String, u64)> {
     text.rsplit_once(':')
@@ -713,6 +727,15 @@ fn changes_table(sql: &str, table: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotate_names_lose_a_trailing_checksum() {
+        assert_eq!(
+            next_file("binlog.000001", "binlog.000002\u{fffd}0!"),
+            "binlog.000002"
+        );
+        assert_eq!(next_file("binlog.000009", "binlog.000010"), "binlog.000010");
+    }
 
     #[test]
     fn ddl_on_the_table_is_noticed() {
