@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +13,6 @@ use common::{control, run_postponed, Db, Server};
 use swivel::{Outcome, RunOptions};
 
 const ROWS: i64 = 20_000;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("swivel-checksum-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 async fn make_table(db: &mut Db, server: Server, table: &str) {
     db.reset(table).await;
@@ -79,7 +71,7 @@ async fn damage(db: &mut Db, table: &str) {
 async fn differing_rows_are_copied_again(server: Server) {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let table = format!("cks_repair_{}", format!("{server:?}").to_lowercase());
-    let dir = scratch(&table);
+    let dir = common::scratch("checksum", &table);
     let mut db = Db::connect(server).await;
     make_table(&mut db, server, &table).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -147,7 +139,7 @@ async fn differing_rows_are_copied_again(server: Server) {
 async fn persistent_difference_refuses_cut_over(server: Server) {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let table = format!("cks_refuse_{}", format!("{server:?}").to_lowercase());
-    let dir = scratch(&table);
+    let dir = common::scratch("checksum", &table);
     let mut db = Db::connect(server).await;
     make_table(&mut db, server, &table).await;
     let opts = RunOptions::new(server.dsn(), &table, alter(server));
@@ -223,7 +215,7 @@ async fn persistent_difference_refuses_cut_over(server: Server) {
 async fn blocker_is_waited_out_then_ended(server: Server) {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let table = format!("cks_blocked_{}", format!("{server:?}").to_lowercase());
-    let dir = scratch(&table);
+    let dir = common::scratch("checksum", &table);
     let mut db = Db::connect(server).await;
     make_table(&mut db, server, &table).await;
     let mut opts = RunOptions::new(server.dsn(), &table, alter(server));

@@ -547,14 +547,6 @@ async fn schema(db: &mut Db, server: Server, table: &str) -> Vec<Vec<Option<Stri
     out
 }
 
-async fn count(db: &mut Db, sql: &str) -> i64 {
-    db.rows(sql).await[0][0]
-        .as_deref()
-        .unwrap_or("0")
-        .parse()
-        .unwrap()
-}
-
 /// Migrate `diff_<case>` with `alter` under the twin workload and compare with the twin altered
 /// offline. `skip`: columns whose values the server assigns in an order of its own (a new
 /// serial), compared for presence only.
@@ -618,9 +610,9 @@ async fn differential_keyed(
     let differ = |a: &str, b: &str| {
         format!("SELECT count(*) FROM (SELECT {list} FROM {a} EXCEPT ALL SELECT {list} FROM {b}) x")
     };
-    let only_migrated = count(&mut db, &differ(&table, &twin)).await;
-    let only_offline = count(&mut db, &differ(&twin, &table)).await;
-    let rows = count(&mut db, &format!("SELECT count(*) FROM {table}")).await;
+    let only_migrated = db.number(&differ(&table, &twin)).await;
+    let only_offline = db.number(&differ(&twin, &table)).await;
+    let rows = db.number(&format!("SELECT count(*) FROM {table}")).await;
     if only_migrated + only_offline > 0 {
         let sample = db
             .rows(&format!(
@@ -632,11 +624,9 @@ async fn differential_keyed(
         );
     }
     for c in skip {
-        let nulls = count(
-            &mut db,
-            &format!("SELECT count(*) FROM {table} WHERE {c} IS NULL"),
-        )
-        .await;
+        let nulls = db
+            .number(&format!("SELECT count(*) FROM {table} WHERE {c} IS NULL"))
+            .await;
         assert_eq!(nulls, 0, "{server:?} {case}: {c} has NULLs");
     }
     eprintln!(

@@ -352,20 +352,18 @@ async fn kill_applier(server: Server, table: String, stop: Arc<AtomicBool>) -> b
     // Not while the run prepares its statements (that is start-up, before any change is
     // replayed, and ends the run): once the copy goes, the session only replays.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    kill_three_times(&mut db, server, &find, &stop).await
+    kill_repeatedly(&mut db, server, &find, &stop, 3, Duration::from_millis(300)).await
 }
 
 /// The highest connection id of a binlog dump thread (0: none).
 async fn newest_dump_thread(db: &mut Db) -> u64 {
-    db.rows(
-        "SELECT coalesce(max(id), 0) FROM information_schema.processlist \
-         WHERE command LIKE 'Binlog Dump%'",
-    )
-    .await[0][0]
-        .as_deref()
-        .unwrap_or("0")
-        .parse()
-        .unwrap()
+    let newest = db
+        .number(
+            "SELECT coalesce(max(id), 0) FROM information_schema.processlist \
+             WHERE command LIKE 'Binlog Dump%'",
+        )
+        .await;
+    newest as u64
 }
 
 /// End the change stream's session twice once the copy runs; true if it did. On MariaDB a dump
@@ -384,35 +382,20 @@ async fn kill_stream(server: Server, table: String, before: u64, stop: Arc<Atomi
         ),
     };
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let mut kills = 0;
-    while kills < 2 {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        if let Some(id) = db
-            .rows(&find)
-            .await
-            .into_iter()
-            .next()
-            .and_then(|r| r[0].clone())
-        {
-            let kill = match server {
-                Server::Postgres => format!("SELECT pg_terminate_backend({id})"),
-                Server::MariaDb => format!("KILL {id}"),
-            };
-            let _ = db.exec(&kill).await;
-            kills += 1;
-            tokio::time::sleep(Duration::from_millis(700)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
+    kill_repeatedly(&mut db, server, &find, &stop, 2, Duration::from_millis(700)).await
 }
 
-/// Kill the session `find` names, three times, 300ms apart; false if `stop` comes first.
-async fn kill_three_times(db: &mut Db, server: Server, find: &str, stop: &AtomicBool) -> bool {
+/// Kill the session `find` names, `times` times, `apart`; false if `stop` comes first.
+async fn kill_repeatedly(
+    db: &mut Db,
+    server: Server,
+    find: &str,
+    stop: &AtomicBool,
+    times: u32,
+    apart: Duration,
+) -> bool {
     let mut kills = 0;
-    while kills < 3 {
+    while kills < times {
         if stop.load(Ordering::Relaxed) {
             return false;
         }
@@ -430,7 +413,7 @@ async fn kill_three_times(db: &mut Db, server: Server, find: &str, stop: &Atomic
             // The session may have ended on its own meanwhile.
             let _ = db.exec(&kill).await;
             kills += 1;
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(apart).await;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -451,7 +434,7 @@ async fn kill_copier(server: Server, table: String, stop: Arc<AtomicBool>) -> bo
              WHERE info LIKE 'REPLACE INTO `swivel`.`_{table}_new`%'"
         ),
     };
-    kill_three_times(&mut db, server, &find, &stop).await
+    kill_repeatedly(&mut db, server, &find, &stop, 3, Duration::from_millis(300)).await
 }
 
 /// Throttle and release the run every 150ms through its control socket; true if it did.

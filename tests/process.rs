@@ -3,31 +3,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{control, wait_status, Db, Server};
 use swivel::engine::migrate::cleanup_leftovers;
 
 const PASSWORD: &str = "s3cr3t-Pa55word";
-
-fn swivel(args: &[&str], dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_swivel"))
-        .args(args)
-        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting swivel")
-}
-
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("swivel-proc-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 async fn make_table(client: &tokio_postgres::Client, table: &str, rows: i64) {
     common::reset(client, table).await;
@@ -47,7 +29,7 @@ async fn signals_clean_up_and_no_password_shows() {
     let client = common::connect(&dsn).await;
     for (signal, name) in [(libc::SIGTERM, "term"), (libc::SIGHUP, "hup")] {
         let table = format!("proc_{name}");
-        let dir = scratch(&table);
+        let dir = common::scratch("proc", &table);
         make_table(&client, &table, 20_000).await;
         let (socket, status, password_file) = (
             dir.join("control.sock"),
@@ -55,7 +37,7 @@ async fn signals_clean_up_and_no_password_shows() {
             dir.join("password"),
         );
         std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-        let mut child = swivel(
+        let mut child = common::swivel(
             &[
                 "run",
                 "--dsn",
@@ -77,6 +59,7 @@ async fn signals_clean_up_and_no_password_shows() {
                 "200ms",
             ],
             &dir,
+            "run",
         );
         wait_status(&socket, 30, "the copy to start", |s| {
             s["rows_copied"].as_u64() > Some(0)
@@ -95,7 +78,7 @@ async fn signals_clean_up_and_no_password_shows() {
             !exit.success(),
             "{name}: an interrupted run must not exit 0"
         );
-        let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+        let stderr = std::fs::read_to_string(dir.join("run.err")).unwrap();
         assert!(
             stderr.contains("interrupted, cleaning up"),
             "{name}: {stderr}"
@@ -106,7 +89,7 @@ async fn signals_clean_up_and_no_password_shows() {
             said,
             String::from_utf8_lossy(&ps.stdout).into_owned(),
             stderr,
-            std::fs::read_to_string(dir.join("stdout")).unwrap(),
+            std::fs::read_to_string(dir.join("run.out")).unwrap(),
             std::fs::read_to_string(&status).unwrap(),
         ];
         for (what, text) in ["socket", "ps", "stderr", "stdout", "status file"]
@@ -139,7 +122,7 @@ async fn killed_at_cut_over(server: Server) {
     let dsn = server.dsn();
     let mut db = Db::connect(server).await;
     let table = format!("proc_kill9_{}", format!("{server:?}").to_lowercase());
-    let dir = scratch(&table);
+    let dir = common::scratch("proc", &table);
     db.reset(&table).await;
     let (create, alter, hold, waiting, k_type, original) = match server {
         Server::Postgres => (
@@ -181,7 +164,7 @@ async fn killed_at_cut_over(server: Server) {
     db.exec(&create).await.unwrap();
     let (socket, postpone) = (dir.join("control.sock"), dir.join("postpone"));
     std::fs::write(&postpone, "").unwrap();
-    let mut child = swivel(
+    let mut child = common::swivel(
         &[
             "run",
             "--dsn",
@@ -199,6 +182,7 @@ async fn killed_at_cut_over(server: Server) {
             postpone.to_str().unwrap(),
         ],
         &dir,
+        "run",
     );
     wait_status(&socket, 60, "the postponed cut-over", |s| {
         s["phase"] == "catch-up" && !s["postponed"].is_null()

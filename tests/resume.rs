@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,19 +13,10 @@ use common::{wait_status, Db, Server};
 
 const ROWS: i64 = 60_000;
 
-fn swivel(args: &[&str], dir: &Path, name: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_swivel"))
-        .args(args)
-        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
-        .stderr(std::fs::File::create(dir.join(format!("{name}.err"))).unwrap())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting swivel")
-}
-
-fn output(dir: &Path, name: &str) -> String {
-    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap();
-    format!("{}{}", read("out"), read("err"))
+/// Run `swivel` with `args` to its end: whether it succeeded, and what it said.
+fn run_to_end(args: &[String], dir: &Path, name: &str) -> (bool, String) {
+    let ok = common::swivel(args, dir, name).wait().unwrap().success();
+    (ok, common::output(dir, name))
 }
 
 /// The same random write on the table and its twin, in one transaction each, until `stop`.
@@ -56,14 +46,6 @@ async fn writer(server: Server, table: String, stop: Arc<AtomicBool>) -> u64 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     done
-}
-
-async fn count(db: &mut Db, sql: &str) -> i64 {
-    db.rows(sql).await[0][0]
-        .as_deref()
-        .unwrap_or("0")
-        .parse()
-        .unwrap()
 }
 
 async fn killed_then_resumed(server: Server) {
@@ -102,9 +84,7 @@ async fn killed_then_resumed(server: Server) {
     };
     db.exec(&analyze).await.unwrap();
 
-    let dir = std::env::temp_dir().join(format!("swivel-resume-{}-{table}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("resume", &table);
     let socket = dir.join("control.sock");
     let run = |extra: &[&str], alter: &str| -> Vec<String> {
         let mut args: Vec<String> = ["run", "--dsn", &dsn, "--table", &table, "--alter", alter]
@@ -128,11 +108,7 @@ async fn killed_then_resumed(server: Server) {
         ],
         alter,
     );
-    let mut first = swivel(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &dir,
-        "first",
-    );
+    let mut first = common::swivel(&args, &dir, "first");
     wait_status(&socket, 60, "25,000 rows copied", |s| {
         s["rows_copied"].as_u64() >= Some(25_000)
     })
@@ -140,18 +116,14 @@ async fn killed_then_resumed(server: Server) {
     first.kill().unwrap(); // SIGKILL: no cleanup
     first.wait().unwrap();
     let _ = std::fs::remove_file(&socket);
-    let in_shadow = count(&mut db, &format!("SELECT count(*) FROM _{table}_new")).await;
+    let in_shadow = db
+        .number(&format!("SELECT count(*) FROM _{table}_new"))
+        .await;
     assert!(in_shadow > 0, "{server:?}: the killed run left its copy");
 
     // Without --resume, the leftovers are refused, and the message names both ways on.
-    let plan = run(&[], alter);
-    let mut refused = swivel(
-        &plan.iter().map(String::as_str).collect::<Vec<_>>(),
-        &dir,
-        "plain",
-    );
-    assert!(!refused.wait().unwrap().success());
-    let said = output(&dir, "plain");
+    let (ok, said) = run_to_end(&run(&[], alter), &dir, "plain");
+    assert!(!ok);
     assert!(
         said.contains("--resume") && said.contains("swivel cleanup"),
         "{server:?}: {said}"
@@ -161,13 +133,8 @@ async fn killed_then_resumed(server: Server) {
     let other = run(&["--execute", "--resume"], other_alter);
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let mut refused = swivel(
-            &other.iter().map(String::as_str).collect::<Vec<_>>(),
-            &dir,
-            "other",
-        );
-        assert!(!refused.wait().unwrap().success());
-        let said = output(&dir, "other");
+        let (ok, said) = run_to_end(&other, &dir, "other");
+        assert!(!ok);
         if !said.contains("is active") || Instant::now() > deadline {
             assert!(said.contains("same ALTER"), "{server:?}: {said}");
             break;
@@ -175,14 +142,7 @@ async fn killed_then_resumed(server: Server) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    let resume = run(&["--execute", "--resume"], alter);
-    let mut resumed = swivel(
-        &resume.iter().map(String::as_str).collect::<Vec<_>>(),
-        &dir,
-        "resume",
-    );
-    let ok = resumed.wait().unwrap().success();
-    let said = output(&dir, "resume");
+    let (ok, said) = run_to_end(&run(&["--execute", "--resume"], alter), &dir, "resume");
     assert!(ok, "{server:?}: the resume failed: {said}");
     stop.store(true, Relaxed);
     let writes = writes.await.unwrap();
@@ -202,11 +162,11 @@ async fn killed_then_resumed(server: Server) {
         .await
         .unwrap();
     for (a, b) in [(&table, &twin), (&twin, &table)] {
-        let differ = count(
-            &mut db,
-            &format!("SELECT count(*) FROM (SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b}) d"),
-        )
-        .await;
+        let differ = db
+            .number(&format!(
+                "SELECT count(*) FROM (SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b}) d"
+            ))
+            .await;
         assert_eq!(differ, 0, "{server:?}: {a} has rows {b} lacks");
     }
     let k_type = match server {

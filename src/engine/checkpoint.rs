@@ -86,8 +86,9 @@ impl Checkpoint {
     }
 
     /// Refuse a resume that would not continue the same run: another ALTER, another version,
-    /// or a checkpoint too old to trust (`max_age`).
-    pub fn check_resumable(&self, opts: &RunOptions, max_age: Duration) -> Result<()> {
+    /// or a checkpoint older than `--checkpoint-max-age`.
+    pub fn check_resumable(&self, opts: &RunOptions) -> Result<()> {
+        let max_age = opts.checkpoint_max_age;
         let again = "remove the run's leftovers with `swivel cleanup` and start again";
         if normalize(&self.alter) != normalize(&opts.alter) {
             return Err(Error::refused(format!(
@@ -153,20 +154,19 @@ mod tests {
 
     #[test]
     fn a_resume_must_continue_the_same_run() {
-        let day = Duration::from_secs(86_400);
         let cp = Checkpoint::new(&opts("ADD COLUMN x int"), None, false, 0);
-        assert!(cp.check_resumable(&opts("ADD  COLUMN x\nint"), day).is_ok());
-        let other = cp.check_resumable(&opts("ADD COLUMN y int"), day);
+        assert!(cp.check_resumable(&opts("ADD  COLUMN x\nint")).is_ok());
+        let other = cp.check_resumable(&opts("ADD COLUMN y int"));
         assert!(other.is_err_and(|e| e.to_string().contains("same ALTER")));
         let mut old = cp.clone();
         old.version = "0.0.0-old".into();
         assert!(old
-            .check_resumable(&opts("ADD COLUMN x int"), day)
+            .check_resumable(&opts("ADD COLUMN x int"))
             .is_err_and(|e| e.to_string().contains("written by swivel 0.0.0-old")));
         let mut stale = cp;
         stale.saved_unix_ms -= 2 * 86_400_000;
         assert!(stale
-            .check_resumable(&opts("ADD COLUMN x int"), day)
+            .check_resumable(&opts("ADD COLUMN x int"))
             .is_err_and(|e| e.to_string().contains("--checkpoint-max-age")));
     }
 }

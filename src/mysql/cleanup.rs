@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::cutover::drop_sentry;
 use super::shadow::{CHANGELOG_COMMENT, SHADOW_RECORD_ID};
-use super::{MyBackend, MyTarget, Names};
+use super::{table_comment, MyBackend, MyTarget, Names};
 use crate::engine::replay::{now_micros, reconnect};
 use crate::error::{Error, MyContext, Result};
 
@@ -86,44 +86,17 @@ pub async fn cleanup_leftovers(
     };
     let names = Names::new(&db, &table);
     // Only what swivel made: the changelog carries swivel's comment and records the shadow.
-    let changelog = table_comment(&mut ctl, &db, &names.changelog).await?;
-    let shadow = table_comment(&mut ctl, &db, &names.shadow).await?;
-    let foreign = |name: &str| {
-        Error::refused(format!(
-            "table {db}.{name} exists but swivel did not make it (no swivel changelog records \
-             it), so swivel cleanup leaves it and everything else alone; if it is a leftover of \
-             yours, drop or rename it yourself"
-        ))
-    };
-    let mut shadow_recorded = false;
-    match changelog.as_deref() {
-        None => {}
-        Some(CHANGELOG_COMMENT) => {
-            let rows: Vec<(u32, u64)> = ctl
-                .query(format!("SELECT id, value FROM {}", names.changelog_q()))
-                .await
-                .my_ctx("reading the changelog")?;
-            let heartbeat = rows.iter().find(|(id, _)| *id == 1).map(|(_, v)| *v);
-            if let Some(sent) = heartbeat {
-                let age = Duration::from_micros(now_micros().saturating_sub(sent));
-                if age < ACTIVE_WITHIN {
-                    return Err(Error::refused(format!(
-                        "a swivel run is active on this table (its heartbeat is {:.1}s old); stop \
-                         it first (`panic` on its control socket, or Ctrl-C)",
-                        age.as_secs_f64()
-                    )));
-                }
-            }
-            shadow_recorded = rows.iter().any(|(id, _)| *id == SHADOW_RECORD_ID);
-        }
-        Some(_) => return Err(foreign(&names.changelog)),
-    }
-    if shadow.is_some() && !shadow_recorded {
-        return Err(foreign(&names.shadow));
+    let changelog = own_changelog(&mut ctl, &names).await?;
+    let shadow = table_comment(&mut ctl, &db, &names.shadow).await?.is_some();
+    if shadow && changelog != Some(true) {
+        return Err(foreign(&names, &names.shadow));
     }
     let mut removed = Vec::new();
-    for (name, found) in [(&names.shadow, &shadow), (&names.changelog, &changelog)] {
-        if found.is_some() {
+    for (name, found) in [
+        (&names.shadow, shadow),
+        (&names.changelog, changelog.is_some()),
+    ] {
+        if found {
             ctl.query_drop(format!("DROP TABLE {}", names.qualified(name)))
                 .await
                 .my_ctx(format!("dropping {name}"))?;
@@ -137,15 +110,44 @@ pub async fn cleanup_leftovers(
 }
 
 /// A run whose heartbeat is younger than this is alive (it beats every 100ms).
-pub const ACTIVE_WITHIN: Duration = Duration::from_secs(10);
+const ACTIVE_WITHIN: Duration = Duration::from_secs(10);
 
-/// The comment of table `db.name`, if the table exists ("" when it has none).
-async fn table_comment(ctl: &mut Conn, db: &str, name: &str) -> Result<Option<String>> {
-    ctl.exec_first(
-        "SELECT table_comment FROM information_schema.tables \
-         WHERE table_schema = ? AND table_name = ?",
-        (db, name),
-    )
-    .await
-    .my_ctx(format!("looking for table {db}.{name}"))
+/// A table named like one of swivel's that swivel did not make.
+pub fn foreign(names: &Names, name: &str) -> Error {
+    Error::refused(format!(
+        "table {}.{name} exists but swivel did not make it (no swivel changelog records it), so \
+         swivel leaves it and everything else alone; if it is a leftover of yours, drop or \
+         rename it yourself",
+        names.db
+    ))
+}
+
+/// The changelog of an earlier run, if there is one: whether it records the shadow table.
+/// Refused when swivel did not make it, and while the run that made it is alive.
+pub async fn own_changelog(ctl: &mut Conn, names: &Names) -> Result<Option<bool>> {
+    match table_comment(ctl, &names.db, &names.changelog)
+        .await?
+        .as_deref()
+    {
+        None => return Ok(None),
+        Some(CHANGELOG_COMMENT) => {}
+        Some(_) => return Err(foreign(names, &names.changelog)),
+    }
+    let rows: Vec<(u32, u64)> = ctl
+        .query(format!("SELECT id, value FROM {}", names.changelog_q()))
+        .await
+        .my_ctx("reading the changelog")?;
+    if let Some((_, sent)) = rows.iter().find(|(id, _)| *id == 1) {
+        let age = Duration::from_micros(now_micros().saturating_sub(*sent));
+        if age < ACTIVE_WITHIN {
+            return Err(Error::refused(format!(
+                "a swivel run is active on this table (its heartbeat is {:.1}s old); stop it \
+                 first (`panic` on its control socket, or Ctrl-C); a run that died counts as \
+                 active for {}s",
+                age.as_secs_f64(),
+                ACTIVE_WITHIN.as_secs()
+            )));
+        }
+    }
+    Ok(Some(rows.iter().any(|(id, _)| *id == SHADOW_RECORD_ID)))
 }

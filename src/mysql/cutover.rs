@@ -101,15 +101,7 @@ async fn swapped_anyway(b: &mut MyBackend) -> Result<bool> {
     if super::table_exists(&mut b.ctl, &names.db, &names.shadow).await? {
         return Ok(false);
     }
-    let comment: Option<String> = b
-        .ctl
-        .exec_first(
-            "SELECT table_comment FROM information_schema.tables \
-             WHERE table_schema = ? AND table_name = ?",
-            (names.db.as_str(), names.sentry.as_str()),
-        )
-        .await
-        .my_ctx("looking at the sentry's name")?;
+    let comment = super::table_comment(&mut b.ctl, &names.db, &names.sentry).await?;
     Ok(comment.is_some_and(|c| c != SENTRY_COMMENT))
 }
 

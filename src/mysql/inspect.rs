@@ -5,12 +5,9 @@
 use mysql_async::prelude::Queryable;
 
 use super::values::Kind;
-use std::time::Duration;
-
 use super::MyBackend;
 use crate::engine::backend::PlanReport;
 use crate::engine::checkpoint::{self, Checkpoint};
-use crate::engine::replay::now_micros;
 use crate::error::{Error, MyContext, Result};
 
 #[derive(Clone, Debug)]
@@ -528,43 +525,8 @@ async fn resume_check(b: &mut MyBackend) -> Result<Checkpoint> {
             )));
         }
     }
-    let rows: Vec<(u32, String, u64)> = b
-        .ctl
-        .query(format!(
-            "SELECT id, hint, value FROM {}",
-            names.changelog_q()
-        ))
-        .await
-        .my_ctx("reading the changelog")?;
-    let comment: Option<String> = b
-        .ctl
-        .exec_first(
-            "SELECT table_comment FROM information_schema.tables \
-             WHERE table_schema = ? AND table_name = ?",
-            (names.db.as_str(), names.changelog.as_str()),
-        )
-        .await
-        .my_ctx("reading the changelog's comment")?;
-    if comment.as_deref() != Some(super::shadow::CHANGELOG_COMMENT)
-        || !rows
-            .iter()
-            .any(|(id, _, _)| *id == super::shadow::SHADOW_RECORD_ID)
-    {
-        return Err(Error::refused(format!(
-            "{}.{} exists but swivel did not make it; rename or drop it yourself",
-            names.db, names.changelog
-        )));
-    }
-    if let Some((_, _, sent)) = rows.iter().find(|(id, _, _)| *id == 1) {
-        let age = Duration::from_micros(now_micros().saturating_sub(*sent));
-        if age < super::cleanup::ACTIVE_WITHIN {
-            return Err(Error::refused(format!(
-                "a swivel run is active on this table (its heartbeat is {:.1}s old); stop it \
-                 first, or wait {}s after it died",
-                age.as_secs_f64(),
-                super::cleanup::ACTIVE_WITHIN.as_secs()
-            )));
-        }
+    if super::cleanup::own_changelog(&mut b.ctl, &names).await? != Some(true) {
+        return Err(super::cleanup::foreign(&names, &names.shadow));
     }
     let checkpoint = super::state::load(&mut b.ctl, &names)
         .await?
@@ -574,7 +536,7 @@ async fn resume_check(b: &mut MyBackend) -> Result<Checkpoint> {
                 names.changelog_q()
             ))
         })?;
-    checkpoint.check_resumable(&b.opts, b.opts.checkpoint_max_age)?;
+    checkpoint.check_resumable(&b.opts)?;
     super::state::check_position(&mut b.ctl, &checkpoint).await?;
     Ok(checkpoint)
 }

@@ -57,16 +57,19 @@ pub fn transient(e: &Error) -> bool {
 
 /// Whether table `db.name` exists.
 pub async fn table_exists(conn: &mut Conn, db: &str, name: &str) -> Result<bool> {
+    Ok(table_comment(conn, db, name).await?.is_some())
+}
+
+/// The comment of table `db.name`, if the table exists ("" when it has none).
+pub async fn table_comment(conn: &mut Conn, db: &str, name: &str) -> Result<Option<String>> {
     use mysql_async::prelude::Queryable;
-    let found: Option<String> = conn
-        .exec_first(
-            "SELECT table_name FROM information_schema.tables \
-             WHERE table_schema = ? AND table_name = ?",
-            (db, name),
-        )
-        .await
-        .map_err(|e| Error::my(format!("looking for table {db}.{name}"), e))?;
-    Ok(found.is_some())
+    conn.exec_first(
+        "SELECT table_comment FROM information_schema.tables \
+         WHERE table_schema = ? AND table_name = ?",
+        (db, name),
+    )
+    .await
+    .map_err(|e| Error::my(format!("looking for table {db}.{name}"), e))
 }
 
 /// The names of everything a run creates, derived from the table so a crashed run's leftovers

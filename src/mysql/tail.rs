@@ -47,9 +47,9 @@ struct Control {
 
 pub struct Tail {
     state: Arc<TailState>,
-    /// `file:position` after the newest transaction the applier applied with nothing held:
+    /// File and position after the newest transaction the applier applied with nothing held:
     /// where a resumed run's stream may start.
-    applied: Arc<Mutex<String>>,
+    applied: Arc<Mutex<(String, u64)>>,
     control: watch::Sender<Control>,
     applier: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
@@ -70,10 +70,8 @@ impl Tail {
 
     /// Where a resumed run may start the stream: every change before it that was due is applied.
     pub fn applied_position(&self) -> String {
-        self.applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let (file, position) = &*self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        format!("{file}:{position}")
     }
 
     /// Wait until the applier has applied everything before marker `n` and stopped there.
@@ -169,7 +167,7 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
     let apply_conn = b.session("apply").await?;
 
     let state = Arc::new(TailState::default());
-    let applied = Arc::new(Mutex::new(format!("{file}:{position}")));
+    let applied = Arc::new(Mutex::new((file.clone(), position)));
     let (control, control_rx) = watch::channel(Control::default());
     let applier = Applier {
         stream,
@@ -308,7 +306,7 @@ struct Applier {
     in_transaction: bool,
     /// End of the newest transaction whose changes are all in the batch or applied.
     last_commit: Option<u64>,
-    applied: Arc<Mutex<String>>,
+    applied: Arc<Mutex<(String, u64)>>,
 }
 
 impl Applier {
@@ -591,8 +589,11 @@ impl Applier {
         if !retry_on_lost_session(&e, "binlog stream", &mut self.lost, self.retries).await {
             return Err(e);
         }
-        let (file, position) =
-            parse_position(&self.applied.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let (file, position) = self
+            .applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (target, mariadb) = (&self.target, self.mariadb);
         let (stream, _) = reconnect("binlog stream", &mut self.lost, self.retries, || {
             open_stream(target, mariadb, &file, position)
@@ -634,8 +635,7 @@ impl Applier {
         // before it is held.
         if self.router.nothing_held() && !self.in_transaction {
             if let Some(pos) = self.last_commit.take() {
-                *self.applied.lock().unwrap_or_else(|p| p.into_inner()) =
-                    format!("{}:{pos}", self.file);
+                *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = (self.file.clone(), pos);
                 self.lost = 0;
             }
         }

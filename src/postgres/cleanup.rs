@@ -147,34 +147,10 @@ pub async fn cleanup_leftovers(
             "a swivel run is active on this table (replication session pid {pid}); stop it first"
         )));
     }
-    // Only what swivel made: a table named like the shadow without swivel's mark is a user's.
-    let shadow: Option<(String, Option<String>)> = client
-        .query_opt(
-            "SELECT c::text, obj_description(c, 'pg_class') FROM to_regclass($1) c WHERE c IS NOT NULL",
-            &[&names.shadow_q()],
-        )
-        .await
-        .ctx("looking for the shadow table")?
-        .map(|r| (r.get(0), r.get(1)));
-    if let Some((_, comment)) = &shadow {
-        if comment.as_deref() != Some(shadow_marker(row.get(0)).as_str()) {
-            return Err(Error::refused(format!(
-                "table {} exists but swivel did not make it (it lacks swivel's comment), so \
-                 swivel cleanup leaves it and everything else alone; if it is a leftover of \
-                 yours, drop or rename it yourself",
-                names.shadow_q()
-            )));
-        }
-    }
-    let state_table = state::ours(&client, &names.state_q(), &state::marker(row.get(0))).await?;
-    if state_table == Some(false) {
-        return Err(Error::refused(format!(
-            "table {} exists but swivel did not make it (it lacks swivel's comment), so swivel \
-             cleanup leaves it and everything else alone; if it is a leftover of yours, drop or \
-             rename it yourself",
-            names.state_q()
-        )));
-    }
+    // Only what swivel made: a table named like ours without swivel's mark is a user's.
+    let oid: u32 = row.get(0);
+    let shadow = own_table(&client, &names.shadow_q(), &shadow_marker(oid)).await?;
+    let state_table = own_table(&client, &names.state_q(), &state::marker(oid)).await?;
     let mut removed = Vec::new();
     // What the abandoned slot costs: the WAL the server keeps for it.
     let slot: Option<String> = client
@@ -193,7 +169,7 @@ pub async fn cleanup_leftovers(
             names.slot
         ));
     }
-    if state_table.is_some() {
+    if state_table {
         state::drop(&client, &names).await?;
         removed.push(format!("table {}", names.state_q()));
     }
@@ -215,9 +191,31 @@ pub async fn cleanup_leftovers(
             .ctx("dropping the publication")?;
         removed.push(format!("publication {}", names.publication));
     }
-    if shadow.is_some() {
+    if shadow {
         drop_shadow(&client, &names).await?;
         removed.push(format!("table {}", names.shadow_q()));
     }
     Ok(removed)
+}
+
+/// Whether swivel's table `name` (qualified) is there. A table of that name without swivel's
+/// comment `marker` is someone else's: refused, so that nothing is removed.
+pub(super) async fn own_table(client: &Client, name: &str, marker: &str) -> Result<bool> {
+    let comment: Option<Option<String>> = client
+        .query_opt(
+            "SELECT obj_description(c, 'pg_class') FROM to_regclass($1) c WHERE c IS NOT NULL",
+            &[&name],
+        )
+        .await
+        .ctx(format!("looking for {name}"))?
+        .map(|r| r.get(0));
+    match comment {
+        None => Ok(false),
+        Some(c) if c.as_deref() == Some(marker) => Ok(true),
+        Some(_) => Err(Error::refused(format!(
+            "table {name} exists but swivel did not make it (it lacks swivel's comment), so \
+             swivel leaves it and everything else alone; if it is a leftover of yours, drop or \
+             rename it yourself"
+        ))),
+    }
 }

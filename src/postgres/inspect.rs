@@ -3,7 +3,7 @@
 
 use tokio_postgres::Client;
 
-use super::{quote_ident, shadow, state, Names, PgBackend};
+use super::{cleanup, quote_ident, shadow, state, Names, PgBackend};
 use crate::engine::backend::PlanReport;
 use crate::engine::checkpoint::{self, Checkpoint};
 use crate::engine::watermark::{Key, KeyPart};
@@ -349,17 +349,16 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
         if !replication {
             return Err(Error::refused("the connecting role lacks the REPLICATION attribute, needed for a replication slot: ALTER ROLE … REPLICATION"));
         }
-        let free_slots: i64 = if b.resume.is_some() {
-            1
-        } else {
-            client
-            .query_one("SELECT current_setting('max_replication_slots')::int - count(*) FROM pg_replication_slots", &[])
-            .await.ctx("counting replication slots")?.get(0)
-        };
-        if free_slots < 1 {
-            return Err(Error::refused(
-                "no free replication slot: raise max_replication_slots or drop an unused slot",
-            ));
+        // A resume goes on with the slot it has.
+        if b.resume.is_none() {
+            let free_slots: i64 = client
+                .query_one("SELECT current_setting('max_replication_slots')::int - count(*) FROM pg_replication_slots", &[])
+                .await.ctx("counting replication slots")?.get(0);
+            if free_slots < 1 {
+                return Err(Error::refused(
+                    "no free replication slot: raise max_replication_slots or drop an unused slot",
+                ));
+            }
         }
     }
     if !b.alter.parsed() {
@@ -451,23 +450,15 @@ async fn resume_check(b: &PgBackend, names: &Names, oid: u32) -> Result<Checkpoi
         "remove the run's leftovers with `swivel cleanup --dsn … --table {}` and start again",
         b.opts.table
     );
-    let shadow = state::ours(client, &names.shadow_q(), &shadow::shadow_marker(oid)).await?;
-    let state_table = state::ours(client, &names.state_q(), &state::marker(oid)).await?;
-    for (found, name) in [(shadow, names.shadow_q()), (state_table, names.state_q())] {
-        match found {
-            None => {
-                return Err(Error::refused(format!(
-                    "nothing to resume: {name} does not exist (the run was cleaned up, or never \
-                     got that far); run without --resume"
-                )))
-            }
-            Some(false) => {
-                return Err(Error::refused(format!(
-                    "{name} exists but swivel did not make it (it lacks swivel's comment); \
-                     rename or drop it yourself"
-                )))
-            }
-            Some(true) => {}
+    for (name, marker) in [
+        (names.shadow_q(), shadow::shadow_marker(oid)),
+        (names.state_q(), state::marker(oid)),
+    ] {
+        if !cleanup::own_table(client, &name, &marker).await? {
+            return Err(Error::refused(format!(
+                "nothing to resume: {name} does not exist (the run was cleaned up, or never got \
+                 that far); run without --resume"
+            )));
         }
     }
     let slot = client
@@ -518,6 +509,6 @@ async fn resume_check(b: &PgBackend, names: &Names, oid: u32) -> Result<Checkpoi
     let checkpoint = state::load(client, names).await?.ok_or_else(|| {
         Error::refused(format!("{} holds no checkpoint: {again}", names.state_q()))
     })?;
-    checkpoint.check_resumable(&b.opts, b.opts.checkpoint_max_age)?;
+    checkpoint.check_resumable(&b.opts)?;
     Ok(checkpoint)
 }

@@ -52,18 +52,6 @@ pub async fn load(client: &Client, names: &Names) -> Result<Option<Checkpoint>> 
     row.map(|r| Checkpoint::from_json(r.get(0))).transpose()
 }
 
-/// Whether `name` (qualified) exists, and if so whether its comment is `marker`.
-pub async fn ours(client: &Client, name: &str, marker: &str) -> Result<Option<bool>> {
-    Ok(client
-        .query_opt(
-            "SELECT obj_description(c, 'pg_class') FROM to_regclass($1) c WHERE c IS NOT NULL",
-            &[&name],
-        )
-        .await
-        .ctx(format!("looking for {name}"))?
-        .map(|r| r.get::<_, Option<String>>(0).as_deref() == Some(marker)))
-}
-
 pub async fn drop(client: &Client, names: &Names) -> Result<()> {
     client
         .batch_execute(&format!(

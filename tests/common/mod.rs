@@ -176,6 +176,15 @@ impl Db {
         }
     }
 
+    /// The number a query returns (its first column of its first row; NULL is 0).
+    pub async fn number(&mut self, sql: &str) -> i64 {
+        self.rows(sql).await[0][0]
+            .as_deref()
+            .unwrap_or("0")
+            .parse()
+            .expect("a number")
+    }
+
     /// All rows of a query, every value as text (None for NULL).
     pub async fn rows(&mut self, sql: &str) -> Vec<Vec<Option<String>>> {
         use mysql_async::prelude::Queryable;
@@ -356,4 +365,34 @@ pub async fn run_postponed(
     })
     .await;
     (run, socket)
+}
+
+/// An empty directory of its own for a test's files (`what`: the test binary; `name`: the case).
+pub fn scratch(what: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("swivel-{what}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Start the `swivel` binary with `args`, its output in `dir`/`name`.out and `name`.err.
+pub fn swivel<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    dir: &std::path::Path,
+    name: &str,
+) -> std::process::Child {
+    let file = |ext: &str| std::fs::File::create(dir.join(format!("{name}.{ext}"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_swivel"))
+        .args(args)
+        .stdout(file("out"))
+        .stderr(file("err"))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("starting swivel")
+}
+
+/// What a `swivel` started by [`swivel`] as `name` wrote, stdout then stderr.
+pub fn output(dir: &std::path::Path, name: &str) -> String {
+    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap();
+    format!("{}{}", read("out"), read("err"))
 }
