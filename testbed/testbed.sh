@@ -7,6 +7,7 @@
 #   testbed/testbed.sh status   say what runs where
 #   testbed/testbed.sh restart-pg [SECONDS]  stop the logical PostgreSQL, start it again after
 #                               SECONDS (a test's server restart)
+#   testbed/testbed.sh restart-mariadb [SECONDS]  the same for the MariaDB primary
 #   testbed/testbed.sh tools    install the bench's baseline tools where missing
 #                               (pt-online-schema-change, pg_repack for the server's version)
 #
@@ -299,6 +300,17 @@ case "${1:-start}" in
         run_pg "$pg_dir" "$pg_port" logical
         log "PostgreSQL on $pg_port restarted after ${2:-0}s down"
         ;;
+    restart-mariadb)
+        # The same for the MariaDB primary (a normal shutdown: sessions ended, binlog closed).
+        stop_mariadb "$my_dir"
+        sleep "${2:-0}"
+        start_mariadb
+        # The replica would wait out its connect retry (60s) before it fetches again.
+        if my_running "$replica_dir"; then
+            "$(my_client)" --socket="$replica_dir/mysqld.sock" -uroot -e "STOP SLAVE; START SLAVE"
+        fi
+        log "MariaDB on $my_port restarted after ${2:-0}s down"
+        ;;
     stop) stop_all ;;
     wipe) stop_all; rm -rf "$base"; log "data removed" ;;
     status)
@@ -308,5 +320,5 @@ case "${1:-start}" in
         if my_running "$my_dir"; then echo "mariadb: running on 127.0.0.1:$my_port"; else echo "mariadb: stopped"; fi
         if my_running "$replica_dir"; then echo "mariadb (replica): running on 127.0.0.1:$replica_port"; else echo "mariadb (replica): stopped"; fi
         ;;
-    *) echo "usage: $0 start|stop|wipe|status|tools|restart-pg" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|wipe|status|tools|restart-pg|restart-mariadb" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
-//! `kill -9` in the middle of the copy, then `--resume`, on both servers: the resumed run goes
-//! on from the checkpoint (not from the first row) and, with writers busy throughout, ends with
-//! a table equal to its twin altered offline. On the way: what refuses, and how.
+//! `kill -9` in the middle of the copy, during catch-up and during cut-over, then `--resume`, on
+//! both servers: the resumed run goes on from the checkpoint (not from the first row) and, with
+//! writers busy throughout, ends with a table equal to its twin altered offline and nothing of
+//! the run left. On the way: what refuses, and how.
 
 mod common;
 
@@ -48,10 +49,21 @@ async fn writer(server: Server, table: String, stop: Arc<AtomicBool>) -> u64 {
     done
 }
 
-async fn killed_then_resumed(server: Server) {
+/// Where in the run the first swivel is killed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kill {
+    /// Once it has copied some chunks.
+    MidCopy,
+    /// Copied and caught up, its cut-over postponed.
+    CatchUp,
+    /// While a cut-over attempt waits for its lock behind an open transaction.
+    CutOver,
+}
+
+async fn killed_then_resumed(server: Server, when: Kill) {
     let dsn = server.dsn();
     let mut db = Db::connect(server).await;
-    let table = format!("resume_{}", format!("{server:?}").to_lowercase());
+    let table = format!("resume_{server:?}_{when:?}").to_lowercase();
     let twin = format!("{table}_twin");
     db.reset(&table).await;
     db.reset(&twin).await;
@@ -97,53 +109,100 @@ async fn killed_then_resumed(server: Server) {
     let stop = Arc::new(AtomicBool::new(false));
     let writes = tokio::spawn(writer(server, table.clone(), stop.clone()));
 
-    // The first run: slowed down, killed once it has saved a checkpoint past some chunks.
-    let args = run(
-        &[
-            "--execute",
-            "--max-rows-per-second",
-            "5000",
-            "--serve-socket-file",
-            socket.to_str().unwrap(),
-        ],
-        alter,
-    );
-    let mut first = common::swivel(&args, &dir, "first");
-    wait_status(&socket, 60, "25,000 rows copied", |s| {
-        s["rows_copied"].as_u64() >= Some(25_000)
-    })
-    .await;
+    // The first run: slowed down, killed once it has saved a checkpoint past some chunks, or
+    // once it has caught up, or while it waits in cut-over.
+    let flag = dir.join("postpone.flag");
+    let mut extra = vec!["--execute", "--serve-socket-file", socket.to_str().unwrap()];
+    let mut blocker = None;
+    match when {
+        Kill::MidCopy => extra.extend(["--max-rows-per-second", "5000"]),
+        Kill::CatchUp => {
+            std::fs::write(&flag, "").unwrap();
+            extra.extend(["--postpone-cut-over-flag-file", flag.to_str().unwrap()]);
+        }
+        Kill::CutOver => {
+            // An open transaction that read the table: the cut-over's lock waits behind it.
+            let mut b = Db::connect(server).await;
+            b.exec("BEGIN").await.unwrap();
+            b.rows(&format!("SELECT * FROM {table} LIMIT 1")).await;
+            blocker = Some(b);
+            extra.extend(["--cut-over-lock-timeout", "5s"]);
+        }
+    }
+    let mut first = common::swivel(&run(&extra, alter), &dir, "first");
+    match when {
+        Kill::MidCopy => {
+            wait_status(&socket, 60, "25,000 rows copied", |s| {
+                s["rows_copied"].as_u64() >= Some(25_000)
+            })
+            .await;
+        }
+        Kill::CatchUp => {
+            wait_status(&socket, 90, "the postponed cut-over", |s| {
+                s["phase"] == "catch-up" && !s["postponed"].is_null()
+            })
+            .await;
+        }
+        Kill::CutOver => {
+            wait_status(&socket, 90, "cut-over", |s| s["phase"] == "cut-over").await;
+            // Well inside the attempt: the lock is requested.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    }
     first.kill().unwrap(); // SIGKILL: no cleanup
     first.wait().unwrap();
     let _ = std::fs::remove_file(&socket);
+    if let Some(mut b) = blocker {
+        b.exec("ROLLBACK").await.unwrap();
+    }
     let in_shadow = db
         .number(&format!("SELECT count(*) FROM _{table}_new"))
         .await;
     assert!(in_shadow > 0, "{server:?}: the killed run left its copy");
-
-    // Without --resume, the leftovers are refused, and the message names both ways on.
-    let (ok, said) = run_to_end(&run(&[], alter), &dir, "plain");
-    assert!(!ok);
-    assert!(
-        said.contains("--resume") && said.contains("swivel cleanup"),
-        "{server:?}: {said}"
-    );
-    // A resume with another ALTER is refused, once the dead run no longer counts as alive
-    // (PostgreSQL: its walsender has gone; MariaDB: its heartbeat is 10s old).
-    let other = run(&["--execute", "--resume"], other_alter);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let (ok, said) = run_to_end(&other, &dir, "other");
-        assert!(!ok);
-        if !said.contains("is active") || Instant::now() > deadline {
-            assert!(said.contains("same ALTER"), "{server:?}: {said}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    if (server, when) == (Server::MariaDb, Kill::CutOver) {
+        let sentry = db
+            .number(&format!(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+                 AND table_name = '{table}__swivel_del'"
+            ))
+            .await;
+        assert_eq!(
+            sentry, 1,
+            "the run was killed in cut-over, its sentry there"
+        );
     }
 
-    let (ok, said) = run_to_end(&run(&["--execute", "--resume"], alter), &dir, "resume");
-    assert!(ok, "{server:?}: the resume failed: {said}");
+    // The dead run counts as alive until its walsender has gone (PostgreSQL) or its heartbeat
+    // is 10s old (MariaDB): until then every attempt is refused as such.
+    let until_dead = |args: Vec<String>, name: &'static str| {
+        let dir = dir.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                let (ok, said) = run_to_end(&args, &dir, name);
+                if ok || !said.contains("is active") || Instant::now() > deadline {
+                    return (ok, said);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    if when == Kill::MidCopy {
+        // Without --resume, the leftovers are refused, and the message names both ways on.
+        let (ok, said) = until_dead(run(&[], alter), "plain").await;
+        assert!(!ok);
+        assert!(
+            said.contains("--resume") && said.contains("swivel cleanup"),
+            "{server:?}: {said}"
+        );
+        // A resume with another ALTER is refused.
+        let (ok, said) = until_dead(run(&["--execute", "--resume"], other_alter), "other").await;
+        assert!(!ok);
+        assert!(said.contains("same ALTER"), "{server:?}: {said}");
+    }
+
+    let (ok, said) = until_dead(run(&["--execute", "--resume"], alter), "resume").await;
+    assert!(ok, "{server:?}, {when:?}: the resume failed: {said}");
     stop.store(true, Relaxed);
     let writes = writes.await.unwrap();
     let resumed_at: u64 = said
@@ -157,6 +216,12 @@ async fn killed_then_resumed(server: Server) {
         resumed_at > 0,
         "{server:?}: the resume went on after the copied rows, not from the first: {said}"
     );
+    if when != Kill::MidCopy {
+        assert!(
+            said.contains("(the copy is done)"),
+            "{server:?}, {when:?}: the resume copies nothing again: {said}"
+        );
+    }
 
     db.exec(&format!("ALTER TABLE {twin} {alter}"))
         .await
@@ -185,8 +250,8 @@ async fn killed_then_resumed(server: Server) {
     );
     db.assert_nothing_left(&table).await;
     eprintln!(
-        "{server:?}: killed at {in_shadow} rows in the shadow, resumed after {resumed_at} \
-         rows, {writes} writes throughout"
+        "{server:?}, {when:?}: killed at {in_shadow} rows in the shadow, resumed after \
+         {resumed_at} rows, {writes} writes throughout"
     );
     db.reset(&table).await;
     db.reset(&twin).await;
@@ -195,10 +260,30 @@ async fn killed_then_resumed(server: Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_run_killed_mid_copy_resumes_from_its_checkpoint() {
-    killed_then_resumed(Server::Postgres).await;
+    killed_then_resumed(Server::Postgres, Kill::MidCopy).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_run_killed_mid_copy_resumes_from_its_checkpoint() {
-    killed_then_resumed(Server::MariaDb).await;
+    killed_then_resumed(Server::MariaDb, Kill::MidCopy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_run_killed_in_catch_up_resumes_from_its_checkpoint() {
+    killed_then_resumed(Server::Postgres, Kill::CatchUp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_run_killed_in_catch_up_resumes_from_its_checkpoint() {
+    killed_then_resumed(Server::MariaDb, Kill::CatchUp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_run_killed_in_cut_over_resumes_from_its_checkpoint() {
+    killed_then_resumed(Server::Postgres, Kill::CutOver).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_run_killed_in_cut_over_resumes_from_its_checkpoint() {
+    killed_then_resumed(Server::MariaDb, Kill::CutOver).await;
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::backend::Backend;
 use crate::engine::progress::{format_duration, unix_ms};
 use crate::engine::watermark::Key;
 use crate::error::{Error, Result};
@@ -122,6 +123,18 @@ impl Checkpoint {
 /// Whitespace does not make another ALTER.
 fn normalize(alter: &str) -> String {
     alter.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Save a checkpoint. A session lost on the way (a server restart) costs only this save: the
+/// run goes on, and a resume would go on from the checkpoint before, which is as sound.
+pub async fn save<B: Backend>(backend: &mut B, checkpoint: Checkpoint) -> Result<()> {
+    match backend.save_checkpoint(checkpoint).await {
+        Err(e) if e.is_connection_lost() => {
+            tracing::warn!("the checkpoint was not saved ({e}); the next one will be");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// The message for leftovers found without `--resume`: the two ways on.

@@ -95,7 +95,7 @@ pub async fn copy_table<B: Backend>(
         let upto = loop {
             match backend.chunk_end(after.as_ref(), tuner.size()).await {
                 Err(e) if retry_on_lost_session(&e, "copy", &mut lost, retries).await => {
-                    backend.reopen_copier().await?;
+                    reopen_copier(backend, &mut lost, retries).await?;
                 }
                 other => break other?,
             }
@@ -110,7 +110,7 @@ pub async fn copy_table<B: Backend>(
                 .await
             {
                 Err(e) if retry_on_lost_session(&e, "copy", &mut lost, retries).await => {
-                    backend.reopen_copier().await?;
+                    reopen_copier(backend, &mut lost, retries).await?;
                     again = true;
                 }
                 // A stale row on another unique index, whose fix the applier holds because it
@@ -142,10 +142,19 @@ pub async fn copy_table<B: Backend>(
         }
         if saved.elapsed() >= checkpoint::EVERY {
             let rows = progress.rows_copied.load(Relaxed);
-            backend
-                .save_checkpoint(Checkpoint::new(opts, after.clone(), false, rows))
-                .await?;
+            checkpoint::save(backend, Checkpoint::new(opts, after.clone(), false, rows)).await?;
             saved = Instant::now();
+        }
+    }
+}
+
+/// The copy's session again, waiting (on the same count of retries) while the server is out
+/// of reach: a restart or a failover takes seconds.
+async fn reopen_copier<B: Backend>(backend: &mut B, lost: &mut u32, retries: u32) -> Result<()> {
+    loop {
+        match backend.reopen_copier().await {
+            Err(e) if retry_on_lost_session(&e, "copy", lost, retries).await => {}
+            other => return other,
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::control::socket::{self, Server};
 use crate::control::status::{self, RunInfo};
 use crate::control::throttler;
 use crate::engine::backend::{Backend, CutoverReport, PlanReport, Shared};
-use crate::engine::checkpoint::Checkpoint;
+use crate::engine::checkpoint::{self, Checkpoint};
 use crate::engine::checksum::ChecksumReport;
 use crate::engine::copy::copy_table;
 use crate::engine::cutover;
@@ -369,20 +369,20 @@ async fn pipeline<B: Backend>(
     hooks.run(Hook::BeforeRowCopy, progress, &[]).await?;
     progress.set_phase(Phase::Copying);
     let copy_started = Instant::now();
-    let checkpoint = |copied| {
+    let at = |copied| {
         let rows = progress.rows_copied.load(Relaxed);
         Checkpoint::new(opts, shared.watermark.low(), copied, rows)
     };
     if !shared.watermark.is_done() {
-        backend.save_checkpoint(checkpoint(false)).await?;
+        checkpoint::save(backend, at(false)).await?;
         copy_table(backend, shared, opts).await?;
     }
     let copy_time = copy_started.elapsed();
     progress.set_phase(Phase::CatchingUp);
     hooks.run(Hook::RowCopyComplete, progress, &[]).await?;
-    backend.save_checkpoint(checkpoint(true)).await?;
+    checkpoint::save(backend, at(true)).await?;
     backend.copy_done().await?;
-    backend.save_checkpoint(checkpoint(true)).await?;
+    checkpoint::save(backend, at(true)).await?;
     progress.mark("indexes built");
     let (report, checksum) = cutover::run(backend, opts, shared, hooks).await?;
     progress.mark("swapped");

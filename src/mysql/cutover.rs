@@ -26,7 +26,7 @@ use crate::engine::backend::{Attempt, Blocker};
 use crate::error::{Error, MyContext, Result};
 
 /// The sentry table's comment, by which swivel knows its own.
-const SENTRY_COMMENT: &str = "swivel cut-over sentry";
+pub(super) const SENTRY_COMMENT: &str = "swivel cut-over sentry";
 
 /// Why a cut-over attempt gave up, leaving the original table in place.
 pub(super) enum Retry {

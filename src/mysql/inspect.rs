@@ -509,13 +509,27 @@ async fn resume_check(b: &mut MyBackend) -> Result<Checkpoint> {
         "remove the run's leftovers with `swivel cleanup --dsn … --table {}` and start again",
         b.opts.table
     );
-    if super::table_exists(&mut b.ctl, &names.db, &names.sentry).await? {
-        return Err(Error::refused(format!(
-            "the interrupted run stopped during cut-over ({}.{} exists), where it cannot go on \
-             from: {again}",
-            names.db, names.sentry
-        )));
-    }
+    // A run killed during cut-over leaves the sentry. If the shadow table is still there, the
+    // rename did not run (it needs the sentry gone): the original is untouched, and the sentry
+    // goes once the run is known to be over. If the shadow is gone, the rename did run.
+    let sentry = super::table_comment(&mut b.ctl, &names.db, &names.sentry).await?;
+    let stale_sentry = match sentry.as_deref() {
+        None => false,
+        Some(super::cutover::SENTRY_COMMENT) => true,
+        Some(_) if !super::table_exists(&mut b.ctl, &names.db, &names.shadow).await? => {
+            return Err(Error::refused(format!(
+                "the interrupted run had swapped the tables when it stopped: {db}.{t} is the \
+                 altered table and {db}.{sentry} the original; there is nothing to resume. Keep \
+                 the original with `RENAME TABLE {db}.{sentry} TO {db}.{old}` (or drop it), then \
+                 remove the changelog with `swivel cleanup --dsn … --table {t}`",
+                db = names.db,
+                t = names.table,
+                sentry = names.sentry,
+                old = names.old,
+            )));
+        }
+        Some(_) => return Err(super::cleanup::foreign(&names, &names.sentry)),
+    };
     for name in [&names.shadow, &names.changelog] {
         if !super::table_exists(&mut b.ctl, &names.db, name).await? {
             return Err(Error::refused(format!(
@@ -538,6 +552,12 @@ async fn resume_check(b: &mut MyBackend) -> Result<Checkpoint> {
         })?;
     checkpoint.check_resumable(&b.opts)?;
     super::state::check_position(&mut b.ctl, &checkpoint).await?;
+    if stale_sentry {
+        super::cutover::drop_sentry(&mut b.ctl, &names.db, &names.sentry).await?;
+        tracing::info!(
+            "the interrupted run stopped during cut-over, before the swap: dropped its sentry"
+        );
+    }
     Ok(checkpoint)
 }
 

@@ -226,6 +226,25 @@ impl MyBackend {
             .map_or(column.to_string(), |(_, new)| new.clone())
     }
 
+    /// The control session again if the server closed it (a restart, a failover, a `KILL`),
+    /// before the steps that need it: a checkpoint, the checksum, a cut-over attempt.
+    async fn reopen_ctl_if_lost(&mut self) -> Result<()> {
+        use mysql_async::prelude::Queryable;
+        if let Err(e) = self.ctl.ping().await {
+            tracing::warn!("the control session is gone ({e}); opening it again");
+            let target = &self.target;
+            self.ctl = crate::engine::replay::reconnect(
+                "control",
+                &mut 0,
+                self.opts.default_retries,
+                || target.connect("ctl"),
+            )
+            .await?;
+            self.conn_ids.push(self.ctl.id());
+        }
+        Ok(())
+    }
+
     /// A new session of ours, remembered so an interrupted run can end it.
     async fn session(&mut self, role: &str) -> Result<Conn> {
         let conn = self.target.connect(role).await?;
@@ -295,6 +314,7 @@ impl Backend for MyBackend {
     }
 
     async fn cutover_attempt(&mut self, attempt: u32, lock_timeout: Duration) -> Result<Attempt> {
+        self.reopen_ctl_if_lost().await?;
         cutover::attempt(self, attempt, lock_timeout).await
     }
 
@@ -319,6 +339,7 @@ impl Backend for MyBackend {
     }
 
     async fn save_checkpoint(&mut self, mut checkpoint: Checkpoint) -> Result<()> {
+        self.reopen_ctl_if_lost().await?;
         if let Some(tail) = &self.tail {
             checkpoint.stream = tail.applied_position();
         }
@@ -337,6 +358,7 @@ impl Backend for MyBackend {
         &mut self,
         lock_timeout: Duration,
     ) -> Result<std::result::Result<Duration, String>> {
+        self.reopen_ctl_if_lost().await?;
         checksum::begin(self, lock_timeout).await
     }
 

@@ -338,6 +338,7 @@ impl Backend for PgBackend {
     }
 
     async fn save_checkpoint(&mut self, mut checkpoint: Checkpoint) -> Result<()> {
+        self.reopen_ctl_if_lost().await?;
         let names = self.names()?.clone();
         checkpoint.after_copy = self.deferred_indexes.clone();
         checkpoint.stream = self
