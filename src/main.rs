@@ -219,8 +219,19 @@ struct RunArgs {
 
 #[derive(Args)]
 struct CleanupArgs {
-    #[command(flatten)]
-    target: Target,
+    /// Connection URL, as for `run`.
+    #[arg(long)]
+    dsn: String,
+    /// A file whose first line is the password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// The table whose interrupted run's leftovers to remove, as [schema.]name. Without it,
+    /// list every run's leftovers in the database and remove nothing.
+    #[arg(long)]
+    table: Option<String>,
+    /// List what would be removed, and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// A duration option: a unit is required (500ms, 2s, 1m).
@@ -297,23 +308,42 @@ async fn real_main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run(*args).await,
         Command::Bench(args) => bench_command(args).await,
-        Command::Cleanup(args) => {
-            let password = args.target.password()?;
-            let removed = swivel::engine::migrate::cleanup_leftovers(
-                &args.target.dsn,
-                password.as_deref(),
-                &args.target.table,
-            )
-            .await?;
-            if removed.is_empty() {
-                println!("nothing to clean up for {}", args.target.table);
-            }
-            for r in removed {
-                println!("removed {r}");
-            }
-            Ok(())
-        }
+        Command::Cleanup(args) => cleanup_command(args).await,
     }
+}
+
+/// `swivel cleanup`: first what is there (and what it costs to keep), then, for one table and
+/// unless --dry-run, remove it.
+async fn cleanup_command(args: CleanupArgs) -> anyhow::Result<()> {
+    use swivel::engine::migrate::{cleanup_leftovers, list_leftovers};
+    let password = read_password_file(args.password_file.as_deref())?;
+    let Some(table) = args.table else {
+        let found = list_leftovers(&args.dsn, password.as_deref()).await?;
+        if found.is_empty() {
+            println!("no swivel run has left anything in this database");
+        }
+        for f in found {
+            println!("found {f}");
+        }
+        return Ok(());
+    };
+    let found = cleanup_leftovers(&args.dsn, password.as_deref(), &table, false).await?;
+    if found.is_empty() {
+        println!("nothing to clean up for {table}");
+        return Ok(());
+    }
+    for f in &found {
+        println!("found {f}");
+    }
+    if args.dry_run {
+        println!("nothing removed (--dry-run)");
+        return Ok(());
+    }
+    for r in cleanup_leftovers(&args.dsn, password.as_deref(), &table, true).await? {
+        // Its description was listed just above.
+        println!("removed {}", r.split(" (").next().unwrap_or(&r));
+    }
+    Ok(())
 }
 
 async fn bench_command(args: BenchArgs) -> anyhow::Result<()> {

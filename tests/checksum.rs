@@ -192,7 +192,7 @@ async fn persistent_difference_refuses_cut_over(server: Server) {
         Some("damaged"),
         "{server:?}: the shadow must be kept"
     );
-    let removed = swivel::engine::migrate::cleanup_leftovers(&server.dsn(), None, &table)
+    let removed = swivel::engine::migrate::cleanup_leftovers(&server.dsn(), None, &table, true)
         .await
         .unwrap_or_else(|e| panic!("{server:?}: swivel cleanup after a refused cut-over: {e}"));
     assert!(

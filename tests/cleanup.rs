@@ -11,7 +11,7 @@ use swivel::engine::migrate::cleanup_leftovers;
 use swivel::{Error, Outcome, RunOptions};
 
 async fn cleanup(server: Server, table: &str) -> Result<Vec<String>, Error> {
-    cleanup_leftovers(&server.dsn(), None, table).await
+    cleanup_leftovers(&server.dsn(), None, table, true).await
 }
 
 fn alter(server: Server) -> &'static str {
@@ -85,6 +85,51 @@ async fn only_swivels_own(server: Server) {
     let crashed_at = Instant::now();
     // Its leftovers are swivel's; a run counts as alive for a while after its last heartbeat
     // (MariaDB: 10s), and a dying session may keep its slot a moment (PostgreSQL).
+    // First the listing: what is there, what keeping it costs, what removing it gives up.
+    let dir = common::scratch("cleanup", &table);
+    let dsn = server.dsn();
+    let listed = loop {
+        let args = ["cleanup", "--dsn", &dsn, "--table", &table, "--dry-run"];
+        let ok = common::swivel(&args, &dir, "dry").wait().unwrap().success();
+        let said = common::output(&dir, "dry");
+        if ok {
+            break said;
+        }
+        assert!(
+            said.contains("is active") && crashed_at.elapsed() < Duration::from_secs(30),
+            "{server:?}: {said}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        listed.contains("found table")
+            && listed.contains(&shadow)
+            && listed.contains("rows copied, `--resume` goes on from there")
+            && listed.contains("nothing removed (--dry-run)"),
+        "{server:?}: {listed}"
+    );
+    if server == Server::Postgres {
+        assert!(listed.contains("of WAL"), "{listed}");
+    }
+    assert!(
+        db.number(&format!("SELECT count(*) FROM {shadow}")).await > 0,
+        "{server:?}: --dry-run removed the shadow"
+    );
+    // Without --table: every run's leftovers in the database, this one among them.
+    let args = ["cleanup", "--dsn", &dsn];
+    assert!(common::swivel(&args, &dir, "all").wait().unwrap().success());
+    let all = common::output(&dir, "all");
+    assert!(
+        all.contains(&format!(
+            "of table {}",
+            match server {
+                Server::Postgres => table.clone(),
+                Server::MariaDb => format!("swivel.{table}"),
+            }
+        )),
+        "{server:?}: {all}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     let removed = loop {
         match cleanup(server, &table).await {
             Ok(removed) => break removed,

@@ -78,7 +78,7 @@ async fn refusals_explain_and_change_nothing() {
         .unwrap();
     let msg = refused(&dsn, "myref_t", "MODIFY k BIGINT").await;
     assert!(msg.contains("swivel cleanup"), "{msg}");
-    let kept = swivel::engine::migrate::cleanup_leftovers(&dsn, None, "myref_t").await;
+    let kept = swivel::engine::migrate::cleanup_leftovers(&dsn, None, "myref_t", true).await;
     assert!(
         matches!(&kept, Err(Error::Refused(why)) if why.contains("did not make it")),
         "{kept:?}"

@@ -80,7 +80,7 @@ async fn refusals_explain_and_change_nothing() {
         msg.contains("leftovers") && msg.contains("swivel cleanup"),
         "{msg}"
     );
-    let kept = swivel::postgres::cleanup_leftovers(&dsn, None, "ref_t").await;
+    let kept = swivel::postgres::cleanup_leftovers(&dsn, None, "ref_t", true).await;
     assert!(
         matches!(&kept, Err(Error::Refused(why)) if why.contains("did not make it")),
         "{kept:?}"

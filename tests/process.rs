@@ -222,10 +222,10 @@ async fn killed_at_cut_over(server: Server) {
     );
     // kill -9 leaves the shadow (and more): `swivel cleanup` removes it. MariaDB counts a run
     // as alive for 10s after its last heartbeat: wait that out.
-    let removed = match cleanup_leftovers(&dsn, None, &table).await {
+    let removed = match cleanup_leftovers(&dsn, None, &table, true).await {
         Err(e) if e.to_string().contains("is active") => {
             tokio::time::sleep(Duration::from_secs(11)).await;
-            cleanup_leftovers(&dsn, None, &table).await
+            cleanup_leftovers(&dsn, None, &table, true).await
         }
         other => other,
     };

@@ -77,7 +77,10 @@ async fn restart_mid_run(server: Server) {
         .await
         .unwrap();
     if run.is_finished() {
-        panic!("{server:?}: the run ended at the restart: {:?}", run.await.unwrap());
+        panic!(
+            "{server:?}: the run ended at the restart: {:?}",
+            run.await.unwrap()
+        );
     }
     let copied = status_json(&socket).await["rows_copied"].as_u64();
     assert!(
@@ -87,13 +90,19 @@ async fn restart_mid_run(server: Server) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if run.is_finished() {
-            panic!("{server:?}: the run ended after the restart: {:?}", run.await.unwrap());
+            panic!(
+                "{server:?}: the run ended after the restart: {:?}",
+                run.await.unwrap()
+            );
         }
         let s = status_json(&socket).await;
         if s["phase"] == "catch-up" && !s["postponed"].is_null() {
             break;
         }
-        assert!(Instant::now() < deadline, "{server:?}: no postponed cut-over: {s}");
+        assert!(
+            Instant::now() < deadline,
+            "{server:?}: no postponed cut-over: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     control(&socket, "unpostpone").await;

@@ -405,8 +405,13 @@ async fn clean_up(opts: &BenchOptions, target: &Target, server: Server) -> Resul
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    match swivel::engine::migrate::cleanup_leftovers(&opts.dsn, opts.password.as_deref(), TABLE)
-        .await
+    match swivel::engine::migrate::cleanup_leftovers(
+        &opts.dsn,
+        opts.password.as_deref(),
+        TABLE,
+        true,
+    )
+    .await
     {
         // pt-online-schema-change's own `_swivel_bench_new` is not swivel's: the bench drops
         // it below with the rest of its tables.

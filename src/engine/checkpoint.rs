@@ -72,6 +72,24 @@ impl Checkpoint {
         }
     }
 
+    /// For `swivel cleanup`'s listing: what removing the state gives up.
+    pub fn describe(&self) -> String {
+        let age =
+            Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(self.saved_unix_ms));
+        format!(
+            "its checkpoint, saved {} ago by swivel {}: {} rows copied{}, `--resume` goes on \
+             from there",
+            format_duration(age),
+            self.version,
+            self.rows_copied,
+            if self.copied {
+                " (the copy was done)"
+            } else {
+                ""
+            },
+        )
+    }
+
     pub fn to_json(&self) -> String {
         // A struct of strings, numbers and keys always serializes.
         serde_json::to_string(self).unwrap_or_default()

@@ -66,15 +66,26 @@ pub async fn run(opts: RunOptions, shutdown: impl Future<Output = ()>) -> Result
     }
 }
 
-/// Remove what a crashed run left for `table` (`swivel cleanup`), on either server.
+/// What a crashed run left for `table` (`swivel cleanup`), on either server, each described;
+/// with `remove`, dropped too.
 pub async fn cleanup_leftovers(
     dsn: &str,
     password: Option<&str>,
     table: &str,
+    remove: bool,
 ) -> Result<Vec<String>> {
     match dsn_scheme(dsn) {
-        "mysql" | "mariadb" => crate::mysql::cleanup_leftovers(dsn, password, table).await,
-        _ => crate::postgres::cleanup_leftovers(dsn, password, table).await,
+        "mysql" | "mariadb" => crate::mysql::cleanup_leftovers(dsn, password, table, remove).await,
+        _ => crate::postgres::cleanup_leftovers(dsn, password, table, remove).await,
+    }
+}
+
+/// The runs' leftovers in the whole database (`swivel cleanup` without `--table`): PostgreSQL's
+/// swivel slots with the WAL each holds, MySQL's swivel changelogs.
+pub async fn list_leftovers(dsn: &str, password: Option<&str>) -> Result<Vec<String>> {
+    match dsn_scheme(dsn) {
+        "mysql" | "mariadb" => crate::mysql::list_changelogs(dsn, password).await,
+        _ => crate::postgres::list_slots(dsn, password).await,
     }
 }
 

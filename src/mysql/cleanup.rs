@@ -6,7 +6,7 @@ use mysql_async::Conn;
 
 use std::time::Duration;
 
-use super::cutover::drop_sentry;
+use super::cutover::{drop_sentry, SENTRY_COMMENT};
 use super::shadow::{CHANGELOG_COMMENT, SHADOW_RECORD_ID};
 use super::{table_comment, MyBackend, MyTarget, Names};
 use crate::engine::replay::{now_micros, reconnect};
@@ -71,12 +71,14 @@ pub async fn after_run(b: &mut MyBackend, succeeded: bool, keep_shadow: bool) ->
     Ok(())
 }
 
-/// Remove what a crashed run left for `table`: the shadow, changelog and sentry tables. The
-/// original table and a kept `_<table>_old` are never touched. Returns what was removed.
+/// What a crashed run left for `table`: the shadow (with its size), the changelog (with its
+/// checkpoint) and the sentry, each described. With `remove`, they are dropped too. The
+/// original table and a kept `_<table>_old` are never touched, nor anything swivel did not make.
 pub async fn cleanup_leftovers(
     dsn: &str,
     password: Option<&str>,
     table: &str,
+    remove: bool,
 ) -> Result<Vec<String>> {
     let target = MyTarget::parse(dsn, password)?;
     let mut ctl = target.connect("cleanup").await?;
@@ -91,22 +93,110 @@ pub async fn cleanup_leftovers(
     if shadow && changelog != Some(true) {
         return Err(foreign(&names, &names.shadow));
     }
-    let mut removed = Vec::new();
-    for (name, found) in [
-        (&names.shadow, shadow),
-        (&names.changelog, changelog.is_some()),
-    ] {
-        if found {
-            ctl.query_drop(format!("DROP TABLE {}", names.qualified(name)))
-                .await
-                .my_ctx(format!("dropping {name}"))?;
-            removed.push(format!("table {db}.{name}"));
+    let mut found = Vec::new();
+    if shadow {
+        let size: Option<String> = ctl
+            .exec_first(
+                "SELECT CONCAT(ROUND((data_length + index_length) / 1048576, 1), ' MB') \
+                 FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                (&db, &names.shadow),
+            )
+            .await
+            .my_ctx("measuring the shadow table")?;
+        found.push(format!(
+            "table {db}.{} ({})",
+            names.shadow,
+            size.unwrap_or_default()
+        ));
+    }
+    if changelog.is_some() {
+        // Unreadable (another version's): still ours to remove.
+        let checkpoint = super::state::load(&mut ctl, &names).await.ok().flatten();
+        found.push(match checkpoint {
+            Some(c) => format!("table {db}.{} ({})", names.changelog, c.describe()),
+            None => format!("table {db}.{} (no checkpoint)", names.changelog),
+        });
+    }
+    if remove {
+        for (name, there) in [
+            (&names.shadow, shadow),
+            (&names.changelog, changelog.is_some()),
+        ] {
+            if there {
+                ctl.query_drop(format!("DROP TABLE {}", names.qualified(name)))
+                    .await
+                    .my_ctx(format!("dropping {name}"))?;
+            }
         }
+        if drop_sentry(&mut ctl, &db, &names.sentry).await? {
+            found.push(format!(
+                "table {db}.{} (the cut-over's sentry)",
+                names.sentry
+            ));
+        }
+    } else if table_comment(&mut ctl, &db, &names.sentry)
+        .await?
+        .as_deref()
+        == Some(SENTRY_COMMENT)
+    {
+        found.push(format!(
+            "table {db}.{} (the cut-over's sentry)",
+            names.sentry
+        ));
     }
-    if drop_sentry(&mut ctl, &db, &names.sentry).await? {
-        removed.push(format!("table {db}.{}", names.sentry));
+    Ok(found)
+}
+
+/// Every swivel changelog in the database, with the table it serves and how long ago its run
+/// last beat: what a `swivel cleanup` without `--table` lists.
+pub async fn list_changelogs(dsn: &str, password: Option<&str>) -> Result<Vec<String>> {
+    let target = MyTarget::parse(dsn, password)?;
+    let mut ctl = target.connect("cleanup").await?;
+    let db = target.db().to_string();
+    let tables: Vec<String> = ctl
+        .exec(
+            "SELECT table_name FROM information_schema.tables \
+             WHERE table_schema = ? AND table_comment = ? ORDER BY table_name",
+            (&db, CHANGELOG_COMMENT),
+        )
+        .await
+        .my_ctx("listing swivel's changelogs")?;
+    let mut found = Vec::new();
+    for changelog in tables {
+        let Some(table) = changelog
+            .strip_prefix('_')
+            .and_then(|t| t.strip_suffix("_swl"))
+        else {
+            continue;
+        };
+        let names = Names::new(&db, table);
+        let beat: Option<u64> = ctl
+            .query_first(format!(
+                "SELECT value FROM {} WHERE id = 1",
+                names.changelog_q()
+            ))
+            .await
+            .my_ctx("reading the changelog")?;
+        let state = match beat {
+            Some(sent) => {
+                let age = Duration::from_micros(now_micros().saturating_sub(sent));
+                if age < ACTIVE_WITHIN {
+                    "in use by a run".to_string()
+                } else {
+                    format!(
+                        "abandoned, last heartbeat {} ago",
+                        crate::engine::progress::format_duration(age)
+                    )
+                }
+            }
+            None => "abandoned".to_string(),
+        };
+        found.push(format!(
+            "changelog {db}.{changelog} of table {db}.{table}, {state} (`--table {table}` to see \
+             or remove what its run left)"
+        ));
     }
-    Ok(removed)
+    Ok(found)
 }
 
 /// A run whose heartbeat is younger than this is alive (it beats every 100ms).

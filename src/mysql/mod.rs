@@ -32,7 +32,7 @@ use crate::engine::watermark::{Key, Watermark};
 use crate::error::{Error, MyContext, Result};
 use crate::options::RunOptions;
 
-pub use cleanup::cleanup_leftovers;
+pub use cleanup::{cleanup_leftovers, list_changelogs};
 pub use conn::MyTarget;
 use inspect::TableInfo;
 use shadow::ShadowInfo;

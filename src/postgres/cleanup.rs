@@ -115,12 +115,15 @@ async fn drop_shadow(client: &Client, names: &Names) -> Result<()> {
         .ctx("dropping the shadow table")
 }
 
-/// Remove what a crashed or killed run left for `table`: the shadow and state tables, the
-/// publication and the slot. Never touches the table itself or `_<table>_old`. Returns what it removed.
+/// What a crashed run left for `table`: the slot (with the WAL it holds), the state table
+/// (with its checkpoint), the publication and the shadow table (with its size), each described.
+/// With `remove`, they are dropped too. The original table and a kept `_<table>_old` are never
+/// touched, nor anything swivel did not make.
 pub async fn cleanup_leftovers(
     dsn: &str,
     password: Option<&str>,
     table: &str,
+    remove: bool,
 ) -> Result<Vec<String>> {
     let target = PgTarget::parse(dsn, password)?;
     let (client, _) = target.connect("cleanup").await?;
@@ -151,7 +154,7 @@ pub async fn cleanup_leftovers(
     let oid: u32 = row.get(0);
     let shadow = own_table(&client, &names.shadow_q(), &shadow_marker(oid)).await?;
     let state_table = own_table(&client, &names.state_q(), &state::marker(oid)).await?;
-    let mut removed = Vec::new();
+    let mut found = Vec::new();
     // What the abandoned slot costs: the WAL the server keeps for it.
     let slot: Option<String> = client
         .query_opt(
@@ -163,15 +166,24 @@ pub async fn cleanup_leftovers(
         .ctx("looking for the slot")?
         .map(|r| r.get(0));
     if let Some(retained) = slot {
-        drop_slot(&client, &names.slot).await?;
-        removed.push(format!(
-            "replication slot {} (it held {retained} of WAL)",
+        if remove {
+            drop_slot(&client, &names.slot).await?;
+        }
+        found.push(format!(
+            "replication slot {} (it holds {retained} of WAL)",
             names.slot
         ));
     }
     if state_table {
-        state::drop(&client, &names).await?;
-        removed.push(format!("table {}", names.state_q()));
+        // Unreadable (another version's): still ours to remove.
+        let checkpoint = state::load(&client, &names).await.ok().flatten();
+        if remove {
+            state::drop(&client, &names).await?;
+        }
+        found.push(match checkpoint {
+            Some(c) => format!("table {} ({})", names.state_q(), c.describe()),
+            None => format!("table {} (no checkpoint)", names.state_q()),
+        });
     }
     let publications: i64 = client
         .query_one(
@@ -182,20 +194,79 @@ pub async fn cleanup_leftovers(
         .ctx("looking for the publication")?
         .get(0);
     if publications > 0 {
-        client
-            .batch_execute(&format!(
-                "DROP PUBLICATION {}",
-                quote_ident(&names.publication)
-            ))
-            .await
-            .ctx("dropping the publication")?;
-        removed.push(format!("publication {}", names.publication));
+        if remove {
+            client
+                .batch_execute(&format!(
+                    "DROP PUBLICATION {}",
+                    quote_ident(&names.publication)
+                ))
+                .await
+                .ctx("dropping the publication")?;
+        }
+        found.push(format!("publication {}", names.publication));
     }
     if shadow {
-        drop_shadow(&client, &names).await?;
-        removed.push(format!("table {}", names.shadow_q()));
+        let size: String = client
+            .query_one(
+                "SELECT pg_size_pretty(pg_total_relation_size(to_regclass($1)))",
+                &[&names.shadow_q()],
+            )
+            .await
+            .ctx("measuring the shadow table")?
+            .get(0);
+        if remove {
+            drop_shadow(&client, &names).await?;
+        }
+        found.push(format!("table {} ({size})", names.shadow_q()));
     }
-    Ok(removed)
+    Ok(found)
+}
+
+/// Every swivel slot in the database, with the table it serves and the WAL it holds: what a
+/// `swivel cleanup` without `--table` lists. A slot whose table is gone is named with what
+/// drops it.
+pub async fn list_slots(dsn: &str, password: Option<&str>) -> Result<Vec<String>> {
+    let target = PgTarget::parse(dsn, password)?;
+    let (client, _) = target.connect("cleanup").await?;
+    let rows = client
+        .query(
+            "SELECT s.slot_name::text, s.active,
+                    coalesce(pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)), 'no'),
+                    c.oid::regclass::text
+             FROM pg_replication_slots s
+             LEFT JOIN pg_class c ON c.oid::text = substring(s.slot_name from '^swivel_([0-9]+)$')
+             WHERE s.database = current_database() AND s.slot_name ~ '^swivel_[0-9]+$'
+             ORDER BY s.slot_name",
+            &[],
+        )
+        .await
+        .ctx("listing swivel's replication slots")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (slot, active, wal, table) = (
+                r.get::<_, String>(0),
+                r.get::<_, bool>(1),
+                r.get::<_, String>(2),
+                r.get::<_, Option<String>>(3),
+            );
+            let state = if active {
+                "in use by a run"
+            } else {
+                "abandoned"
+            };
+            match table {
+                Some(t) => format!(
+                    "replication slot {slot} of table {t}, {state}, holds {wal} of WAL \
+                     (`--table {t}` to see or remove what its run left)"
+                ),
+                None => format!(
+                    "replication slot {slot}, {state}, holds {wal} of WAL; its table is gone \
+                     (drop it with SELECT pg_drop_replication_slot('{slot}'))"
+                ),
+            }
+        })
+        .collect())
 }
 
 /// Whether swivel's table `name` (qualified) is there. A table of that name without swivel's

@@ -32,7 +32,7 @@ use crate::engine::watermark::{Key, Watermark};
 use crate::error::{Error, PgContext, Result};
 use crate::options::RunOptions;
 
-pub use cleanup::cleanup_leftovers;
+pub use cleanup::{cleanup_leftovers, list_slots};
 pub use conn::PgTarget;
 use inspect::TableInfo;
 use shadow::ShadowInfo;
