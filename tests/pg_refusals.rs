@@ -237,3 +237,40 @@ async fn rewrite_rules_match_the_server() {
         common::reset(&client, &name).await;
     }
 }
+
+/// PostgreSQL 13 (its pgoutput carries no logical messages, which swivel's heartbeat and
+/// markers travel in) is refused at plan time, naming the oldest version swivel supports,
+/// before anything is made on it.
+#[tokio::test]
+async fn server_older_than_14_is_refused() {
+    common::testbed();
+    if std::env::var("SWIVEL_PG_DSN").is_ok() {
+        return; // the testbed's servers are not ours to start
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/testbed.sh");
+    let started = std::process::Command::new("bash")
+        .args([script, "start", "pg13"])
+        .status()
+        .expect("starting the testbed's PostgreSQL 13");
+    assert!(started.success(), "testbed.sh start pg13 failed");
+    let dsn = "postgres://postgres@127.0.0.1:55413/swivel";
+    let client = common::connect(dsn).await;
+    table(
+        &client,
+        "ref_old",
+        "CREATE TABLE ref_old (id int PRIMARY KEY, k int); INSERT INTO ref_old VALUES (1, 1)",
+    )
+    .await;
+    let msg = refused(dsn, "ref_old", "ALTER COLUMN k TYPE bigint", true).await;
+    assert!(
+        msg.contains("PostgreSQL 13") && msg.contains("older than 14"),
+        "{msg}"
+    );
+    let shadow: Option<String> = client
+        .query_one("SELECT to_regclass('_ref_old_new')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shadow, None, "nothing is made on a refused server");
+    client.batch_execute("DROP TABLE ref_old").await.unwrap();
+}

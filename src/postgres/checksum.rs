@@ -196,9 +196,10 @@ async fn lock_and_drain(
 async fn lock_session(b: &mut PgBackend) -> Result<Client> {
     let (locker, pid) = b.target.connect("checksum-lock").await?;
     b.pids.push(pid);
-    let _ = locker
+    locker
         .batch_execute("SET client_connection_check_interval = 1000")
-        .await;
+        .await
+        .ctx("asking the server to notice a dead client")?;
     Ok(locker)
 }
 

@@ -97,10 +97,11 @@ async fn sessions(b: &mut PgBackend) -> Result<(Arc<Client>, Arc<Client>)> {
     b.pids.push(pid);
     // If swivel dies while this session waits for its lock, the server notices within a
     // second (PostgreSQL 14+) instead of leaving the request queued in front of the
-    // application's writes until lock_timeout. Older servers lack the setting: ignore.
-    let _ = client
+    // application's writes until lock_timeout.
+    client
         .batch_execute("SET client_connection_check_interval = 1000")
-        .await;
+        .await
+        .ctx("asking the server to notice a dead client")?;
     let (marker, pid) = b.target.connect("marker").await?;
     b.pids.push(pid);
     let sessions = (Arc::new(client), Arc::new(marker));

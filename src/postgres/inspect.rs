@@ -77,6 +77,11 @@ impl TableInfo {
     }
 }
 
+/// The oldest PostgreSQL swivel runs on (`server_version_num`): pgoutput carries logical
+/// messages, in which the heartbeat and the cut-over's markers travel, from 14 on (13 refuses
+/// the `messages` option; it is also out of community support since November 2025).
+pub const MIN_VERSION: u32 = 140000;
+
 async fn one_string(client: &Client, sql: &str, what: &str) -> Result<String> {
     Ok(client.query_one(sql, &[]).await.ctx(what)?.get(0))
 }
@@ -89,6 +94,14 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
         "server: PostgreSQL {version} at {}",
         b.target.describe()
     ));
+    if b.server_version < MIN_VERSION {
+        return Err(Error::refused(format!(
+            "PostgreSQL {version} is older than 14, the oldest swivel supports: its change \
+             stream (pgoutput) carries no logical messages before 14, and swivel's heartbeat \
+             and cut-over markers travel in them. Upgrade the server (13 is out of community \
+             support since November 2025)"
+        )));
+    }
 
     let row = client
         .query_opt(

@@ -104,6 +104,8 @@ impl Names {
 }
 
 pub struct PgBackend {
+    /// `server_version_num` (e.g. 170004): version-specific paths are chosen by it.
+    server_version: u32,
     target: PgTarget,
     opts: RunOptions,
     alter: AlterSpec,
@@ -147,7 +149,13 @@ impl PgBackend {
         let alter = parse_alter(&sqlparser::dialect::PostgreSqlDialect {}, &opts.alter, true)?;
         let target = PgTarget::parse(&opts.dsn, opts.password.as_deref())?;
         let (ctl, pid) = target.connect("ctl").await?;
+        let server_version = ctl
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .ctx("reading the server version")?
+            .get::<_, i32>(0) as u32;
         Ok(PgBackend {
+            server_version,
             target,
             opts,
             alter,
