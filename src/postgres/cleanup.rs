@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::shadow::shadow_marker;
-use super::{quote_ident, state, Names, PgBackend, PgTarget};
+use super::{origin, quote_ident, state, Names, PgBackend, PgTarget};
 use crate::engine::replay::reconnect;
 use crate::error::{Error, PgContext, Result};
 
@@ -72,6 +72,10 @@ pub async fn after_run(b: &mut PgBackend, succeeded: bool, keep_shadow: bool) ->
             .ctx("ending the run's sessions")?;
     }
     drop_slot(&client, &names.slot).await?;
+    // The origin is there only if this run or the one it resumed took the origin path.
+    if origin::exists(&client, &names.origin).await? {
+        origin::drop(&client, &names.origin).await?;
+    }
     if b.created_state {
         state::drop(&client, &names).await?;
     }
@@ -184,6 +188,12 @@ pub async fn cleanup_leftovers(
             Some(c) => format!("table {} ({})", names.state_q(), c.describe()),
             None => format!("table {} (no checkpoint)", names.state_q()),
         });
+    }
+    if origin::exists(&client, &names.origin).await? {
+        if remove {
+            origin::drop(&client, &names.origin).await?;
+        }
+        found.push(format!("replication origin {}", names.origin));
     }
     let publications: i64 = client
         .query_one(

@@ -403,6 +403,18 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
                 shadow_info.uniques.len()
             ));
         }
+        match super::origin::usable(client, b.server_version, oid).await? {
+            Ok(()) => {
+                b.copy_origin = true;
+                lines.push(format!(
+                    "copy path: origin-filtered: the copy's writes carry replication origin {} and the stream skips them undecoded",
+                    names.origin
+                ));
+            }
+            Err(why) => lines.push(format!(
+                "copy path: plain: the stream decodes the copy's writes too ({why})"
+            )),
+        }
     }
     b.table = Some(table);
     b.names = Some(names);

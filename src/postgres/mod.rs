@@ -8,6 +8,7 @@ mod conn;
 mod copy;
 mod cutover;
 mod inspect;
+mod origin;
 pub mod pgoutput;
 mod probe;
 mod shadow;
@@ -70,6 +71,8 @@ pub struct Names {
     pub state: String,
     pub publication: String,
     pub slot: String,
+    /// The copy's replication origin (PostgreSQL 16+, see `origin`).
+    pub origin: String,
 }
 
 impl Names {
@@ -82,6 +85,7 @@ impl Names {
             state: format!("_{table}_swl"),
             publication: format!("swivel_{oid}"),
             slot: format!("swivel_{oid}"),
+            origin: format!("swivel_{oid}"),
         }
     }
 
@@ -106,6 +110,9 @@ impl Names {
 pub struct PgBackend {
     /// `server_version_num` (e.g. 170004): version-specific paths are chosen by it.
     server_version: u32,
+    /// The copy's writes carry the replication origin and the stream skips them (chosen by the
+    /// plan, PostgreSQL 16+).
+    copy_origin: bool,
     target: PgTarget,
     opts: RunOptions,
     alter: AlterSpec,
@@ -156,6 +163,7 @@ impl PgBackend {
             .get::<_, i32>(0) as u32;
         Ok(PgBackend {
             server_version,
+            copy_origin: false,
             target,
             opts,
             alter,
@@ -253,11 +261,11 @@ impl Backend for PgBackend {
                 shadow::create(self).await?;
             }
         }
+        if self.copy_origin {
+            origin::create(&self.ctl, &self.names()?.origin).await?;
+        }
         tail::start(self).await?;
-        let (copier, pid) = self.target.connect("copy").await?;
-        self.pids.push(pid);
-        self.copier = Some(copier);
-        Ok(())
+        self.reopen_copier().await
     }
 
     async fn copy_done(&mut self) -> Result<()> {
@@ -281,6 +289,9 @@ impl Backend for PgBackend {
     async fn reopen_copier(&mut self) -> Result<()> {
         let (copier, pid) = self.target.connect("copy").await?;
         self.pids.push(pid);
+        if self.copy_origin {
+            origin::tag(&copier, &self.names()?.origin).await?;
+        }
         self.copier = Some(copier);
         Ok(())
     }

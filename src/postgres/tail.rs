@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -87,10 +87,12 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         b.created_publication = true;
     }
 
+    // On the origin-filtered path the walsender skips the copy's writes undecoded.
     let config = b
         .target
-        .replication_config(&names.slot, &names.publication)?;
-    let mut repl = ReplicationClient::connect_gated(config)
+        .replication_config(&names.slot, &names.publication)?
+        .with_origin(b.copy_origin.then(|| "none".to_string()));
+    let mut repl = ReplicationClient::connect_gated(config.clone())
         .await
         .map_err(|e| Error::pg_stream("opening the replication session", e))?;
     // Permanent, so a run can resume after a crash: every exit path of the run drops it, and
@@ -128,6 +130,7 @@ pub async fn start(b: &mut PgBackend) -> Result<()> {
         last_commit: None,
         relation_checked: false,
         target: b.target.clone(),
+        stream_config: config,
         names: names.clone(),
         shadow: b.shadow()?.clone(),
         retries: b.opts.default_retries,
@@ -220,6 +223,8 @@ struct Applier {
     relation_checked: bool,
     /// For a new apply session when the last one was lost, up to `retries` times a batch.
     target: super::PgTarget,
+    /// How the stream was opened, to open it the same way again.
+    stream_config: ReplicationConfig,
     names: Names,
     shadow: ShadowInfo,
     retries: u32,
@@ -441,9 +446,7 @@ impl Applier {
     /// confirmed. Everything after it comes again, so what was received but not applied is
     /// dropped; what was applied after it is applied again, which leaves the same rows.
     async fn reopen_stream(&mut self) -> Result<()> {
-        let config = self
-            .target
-            .replication_config(&self.names.slot, &self.names.publication)?;
+        let config = self.stream_config.clone();
         self.repl = reconnect("stream", &mut self.stream_lost, self.retries, || async {
             let mut repl = ReplicationClient::connect_gated(config.clone())
                 .await

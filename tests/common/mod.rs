@@ -124,6 +124,15 @@ pub async fn assert_nothing_left(client: &Client, table: &str) {
             .unwrap()
             .get(0);
         assert_eq!(pubs, 0, "publication {name} was left behind");
+        let origins: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_replication_origin WHERE roname = $1",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(origins, 0, "replication origin {name} was left behind");
     }
 }
 

@@ -1,0 +1,137 @@
+//! The copy's replication origin (PostgreSQL 16+). The copier's session is tagged with an
+//! origin of swivel's and the stream is read with pgoutput's `origin 'none'`, so the walsender
+//! skips the copy's own writes before it decodes them: without it, every row copied into the
+//! shadow table is decoded, then dropped by pgoutput because the shadow is not published (on
+//! PostgreSQL 17, the stream caught up 0.16 s after a 1M-row copy instead of 1.9–2.3 s).
+//!
+//! `origin 'none'` skips *every* change that carries an origin, so the path is taken only when
+//! nothing but swivel writes with one: no subscription feeds the table and no replication origin
+//! other than swivel's exists. Otherwise, and without the privilege, the copy takes the plain
+//! path and the plan says why.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::error::{Error, PgContext, Result};
+
+/// pgoutput's `origin` option is new in 16.
+pub const VERSION: u32 = 160000;
+
+/// Whether the origin-filtered path can be used on this server for the table `oid`: Ok(()) or
+/// why not.
+pub async fn usable(
+    client: &Client,
+    server_version: u32,
+    oid: u32,
+) -> Result<std::result::Result<(), String>> {
+    if server_version < VERSION {
+        return Ok(Err(
+            "pgoutput filters by origin from PostgreSQL 16 on".into()
+        ));
+    }
+    let row = client
+        .query_one(
+            "SELECT has_function_privilege('pg_replication_origin_create(text)', 'EXECUTE')
+                AND has_function_privilege('pg_replication_origin_session_setup(text)', 'EXECUTE')
+                AND has_function_privilege('pg_replication_origin_drop(text)', 'EXECUTE'),
+                EXISTS (SELECT 1 FROM pg_subscription_rel WHERE srrelid = $1),
+                (SELECT string_agg(roname, ', ' ORDER BY roname) FROM pg_replication_origin
+                 WHERE roname !~ '^swivel_[0-9]+$')",
+            &[&oid],
+        )
+        .await
+        .ctx("checking whether the copy may carry a replication origin")?;
+    let (privileged, subscribed, others): (bool, bool, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    Ok(if !privileged {
+        Err("the role may not use replication origins (superuser, or GRANT EXECUTE ON \
+             FUNCTION pg_replication_origin_create(text), pg_replication_origin_session_setup(text), \
+             pg_replication_origin_drop(text))"
+            .into())
+    } else if subscribed {
+        Err("a subscription writes to the table, and its changes carry an origin".into())
+    } else if let Some(others) = others {
+        Err(format!(
+            "replication origins other than swivel's exist ({others}): changes carrying them \
+             would be skipped too"
+        ))
+    } else {
+        Ok(())
+    })
+}
+
+/// Create the origin unless it exists (a resumed run finds the interrupted run's).
+pub async fn create(client: &Client, name: &str) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_replication_origin_create($1::text) WHERE NOT EXISTS
+               (SELECT 1 FROM pg_replication_origin WHERE roname = $1::text)",
+            &[&name],
+        )
+        .await
+        .ctx("creating the copy's replication origin")?;
+    Ok(())
+}
+
+/// Tag the session's writes with the origin. One session at a time may hold it: a copier
+/// session that was just lost may hold it a moment longer, so wait for it.
+pub async fn tag(client: &Client, name: &str) -> Result<()> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match client
+            .execute(
+                "SELECT pg_replication_origin_session_setup($1::text)",
+                &[&name],
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            // object_in_use: still held by the lost session.
+            Err(e) if e.code().is_some_and(|c| c.code() == "55000") && waited < HOLD => {
+                tokio::time::sleep(STEP).await;
+                waited += STEP;
+            }
+            Err(e) => return Err(Error::pg("tagging the copy's session with its origin", e)),
+        }
+    }
+}
+
+/// Whether the origin exists (a run made it, perhaps one that was interrupted).
+pub async fn exists(client: &Client, name: &str) -> Result<bool> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_origin WHERE roname = $1::text",
+            &[&name],
+        )
+        .await
+        .ctx("looking for the copy's replication origin")?
+        .is_some())
+}
+
+/// Drop the origin if it exists; Ok(whether it did). Waits while a closing copier session
+/// still holds it.
+pub async fn drop(client: &Client, name: &str) -> Result<bool> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match client
+            .execute(
+                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
+                 WHERE roname = $1::text",
+                &[&name],
+            )
+            .await
+        {
+            Ok(dropped) => return Ok(dropped > 0),
+            Err(e) if e.code().is_some_and(|c| c.code() == "55000") && waited < HOLD => {
+                tokio::time::sleep(STEP).await;
+                waited += STEP;
+            }
+            Err(e) => return Err(Error::pg("dropping the copy's replication origin", e)),
+        }
+    }
+}
+
+/// How long a lost or closing session may keep the origin.
+const HOLD: Duration = Duration::from_secs(10);
+const STEP: Duration = Duration::from_millis(50);
