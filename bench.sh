@@ -3,6 +3,8 @@
 # pt-online-schema-change / pg_repack, on a 1,000,000-row table under 200 writes/s, on
 # PostgreSQL and on MariaDB (or one: ./bench.sh postgres | ./bench.sh mariadb). Extra
 # arguments go to `swivel bench` (e.g. --rows 10000000). Reports land in swivel-bench/.
+# ./bench.sh pg-versions: PostgreSQL 15 and 17 in one run (the copy's plain and origin-filtered
+# paths).
 set -euo pipefail
 cd "$(dirname "$0")"
 which=${1:-all}
@@ -16,7 +18,17 @@ case "$which" in
     postgres) dsns=("$pg") ;;
     mariadb|mysql) dsns=("$my") ;;
     all) dsns=("$pg" "$my") ;;
-    *) echo "usage: $0 [postgres|mariadb|all] [swivel bench options]" >&2; exit 2 ;;
+    pg-versions)
+        # The copy's two paths in one run: PostgreSQL 15 (plain: the walsender decodes the
+        # copy's writes) and 17 (origin-filtered), against the baselines both can run.
+        testbed/testbed.sh start pg17
+        for port in 55432 55417; do
+            target/release/swivel bench --dsn "postgres://postgres@127.0.0.1:$port/swivel" \
+                --report "swivel-bench/pg-versions/$port" --baselines offline,copy-floor "$@"
+        done
+        exit 0
+        ;;
+    *) echo "usage: $0 [postgres|mariadb|all|pg-versions] [swivel bench options]" >&2; exit 2 ;;
 esac
 for dsn in "${dsns[@]}"; do
     target/release/swivel bench --dsn "$dsn" --report swivel-bench "$@"
