@@ -77,24 +77,19 @@ pub async fn create(client: &Client, name: &str) -> Result<()> {
 /// Tag the session's writes with the origin. One session at a time may hold it: a copier
 /// session that was just lost may hold it a moment longer, so wait for it.
 pub async fn tag(client: &Client, name: &str) -> Result<()> {
-    let mut waited = Duration::ZERO;
-    loop {
-        match client
-            .execute(
-                "SELECT pg_replication_origin_session_setup($1::text)",
-                &[&name],
-            )
-            .await
-        {
-            Ok(_) => return Ok(()),
-            // object_in_use: still held by the lost session.
-            Err(e) if e.code().is_some_and(|c| c.code() == "55000") && waited < HOLD => {
-                tokio::time::sleep(STEP).await;
-                waited += STEP;
-            }
-            Err(e) => return Err(Error::pg("tagging the copy's session with its origin", e)),
-        }
-    }
+    while_held(
+        "tagging the copy's session with its origin",
+        || async move {
+            client
+                .execute(
+                    "SELECT pg_replication_origin_session_setup($1::text)",
+                    &[&name],
+                )
+                .await
+        },
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Whether the origin exists (a run made it, perhaps one that was interrupted).
@@ -112,22 +107,35 @@ pub async fn exists(client: &Client, name: &str) -> Result<bool> {
 /// Drop the origin if it exists; Ok(whether it did). Waits while a closing copier session
 /// still holds it.
 pub async fn drop(client: &Client, name: &str) -> Result<bool> {
-    let mut waited = Duration::ZERO;
-    loop {
-        match client
+    let dropped = while_held("dropping the copy's replication origin", || async move {
+        client
             .execute(
                 "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
                  WHERE roname = $1::text",
                 &[&name],
             )
             .await
-        {
-            Ok(dropped) => return Ok(dropped > 0),
+    })
+    .await?;
+    Ok(dropped > 0)
+}
+
+/// Run `statement` again while it fails because another session holds the origin
+/// (object_in_use), for at most `HOLD`.
+async fn while_held<F, Fut>(what: &str, mut statement: F) -> Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<u64, tokio_postgres::Error>>,
+{
+    let mut waited = Duration::ZERO;
+    loop {
+        match statement().await {
+            Ok(rows) => return Ok(rows),
             Err(e) if e.code().is_some_and(|c| c.code() == "55000") && waited < HOLD => {
                 tokio::time::sleep(STEP).await;
                 waited += STEP;
             }
-            Err(e) => return Err(Error::pg("dropping the copy's replication origin", e)),
+            Err(e) => return Err(Error::pg(what, e)),
         }
     }
 }
