@@ -176,7 +176,12 @@ async fn interrupted_copy_leaves_the_table_intact() {
 async fn rewrite_rules_match_the_server() {
     let dsn = common::pg_dsn();
     let client = common::connect(&dsn).await;
-    let cases: &[(&str, bool)] = &[
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut cases: Vec<(&str, bool)> = vec![
         ("ADD COLUMN x int", true),
         ("ADD COLUMN x int NOT NULL DEFAULT 0", true),
         ("ADD COLUMN x text DEFAULT 'a' -- why", true),
@@ -196,6 +201,11 @@ async fn rewrite_rules_match_the_server() {
         ("ALTER COLUMN k SET NOT NULL", false),
         ("DROP COLUMN v", true),
     ];
+    if version >= 180000 {
+        // Virtual, computed on read: 18's default (earlier servers reject it). It needs no
+        // rewrite, but swivel's parser does not read it yet, so it is copied online.
+        cases.push(("ADD COLUMN x int GENERATED ALWAYS AS (k * 2)", false));
+    }
     for (i, (action, direct)) in cases.iter().enumerate() {
         let name = format!("ref_rule_{i}");
         table(&client, &name, &format!("CREATE TABLE {name} (id int PRIMARY KEY, k int, v varchar(20) NOT NULL); CREATE INDEX ON {name} (v); INSERT INTO {name} SELECT g, g, 'v' || g FROM generate_series(1, 100) g")).await;

@@ -2,8 +2,8 @@
 //! refuse what cannot be done online. Backend-neutral; the backends inspect the table.
 
 use sqlparser::ast::{
-    AlterColumnOperation, AlterTableOperation, ColumnOption, Expr, Ident, Statement,
-    TableConstraint, Value,
+    AlterColumnOperation, AlterTableOperation, ColumnOption, Expr, GeneratedExpressionMode, Ident,
+    Statement, TableConstraint, Value,
 };
 use sqlparser::dialect::Dialect;
 use sqlparser::parser::Parser;
@@ -113,8 +113,16 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
                         // A volatile default is computed per row: a rewrite. Only literals are
                         // known not to be volatile without asking the catalog.
                         ColumnOption::Default(expr) => rewrites |= !is_constant(expr),
-                        // Identity, generated, AUTO_INCREMENT, checks, references: rewrite or
-                        // scan; copy online.
+                        // Computed on read (MySQL's VIRTUAL, its default): catalog only, which
+                        // ALGORITHM=INSTANT confirms. (PostgreSQL 18's virtual columns do not
+                        // parse here yet: sqlparser wants STORED, so they run online.)
+                        ColumnOption::Generated {
+                            generation_expr: Some(_),
+                            generation_expr_mode,
+                            ..
+                        } if *generation_expr_mode != Some(GeneratedExpressionMode::Stored) => {}
+                        // Identity, stored generated, AUTO_INCREMENT, checks, references:
+                        // rewrite or scan; copy online.
                         _ => rewrites = true,
                     }
                 }
@@ -400,6 +408,12 @@ mod tests {
                 .metadata_only
         );
         assert!(pg("ADD COLUMN s int COLLATE \"C\"").unwrap().metadata_only);
+        assert!(
+            !pg("ADD COLUMN g int GENERATED ALWAYS AS (k * 2) STORED")
+                .unwrap()
+                .metadata_only
+        );
+        assert!(my("ADD COLUMN g int AS (k * 2)").unwrap().metadata_only);
     }
 
     #[test]
