@@ -7,6 +7,8 @@
 pub mod control;
 pub mod engine;
 pub mod error;
+pub mod lint;
+pub mod migrations;
 pub mod mysql;
 pub mod options;
 pub mod postgres;

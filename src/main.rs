@@ -33,6 +33,36 @@ enum Command {
     Cleanup(CleanupArgs),
     /// Measure swivel against the baselines on a scratch table under a write workload.
     Bench(BenchArgs),
+    /// Find dangerous operations in SQL files and migrations (exit status 1 on findings).
+    Lint(LintArgs),
+    /// Versioned migration files.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+}
+
+#[derive(Args)]
+struct LintArgs {
+    /// SQL files, or directories of them (read one level deep).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Which server's SQL and rules: postgres or mysql.
+    #[arg(long, default_value = "postgres")]
+    server: String,
+    /// text, or json for CI.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    format: String,
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Write a new, empty migration file named by the time (UTC) and the description.
+    New {
+        /// What the migration does, e.g. "add status to orders".
+        description: String,
+        /// The migrations directory.
+        #[arg(long, default_value = "migrations")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -296,7 +326,7 @@ async fn main() -> ExitCode {
         .with_writer(|| LogWriter)
         .init();
     match real_main().await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("swivel: error: {e:#}");
             ExitCode::FAILURE
@@ -304,12 +334,61 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn real_main() -> anyhow::Result<()> {
+async fn real_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run(args) => run(*args).await,
         Command::Bench(args) => bench_command(args).await,
         Command::Cleanup(args) => cleanup_command(args).await,
+        Command::Lint(args) => return lint_command(args),
+        Command::Migrate(MigrateCommand::New { description, dir }) => {
+            migrate_new(&description, &dir)
+        }
     }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+/// `swivel lint`: the report on stdout; exit 1 when something was found.
+fn lint_command(args: LintArgs) -> anyhow::Result<ExitCode> {
+    let server = swivel::lint::Server::parse(&args.server)?;
+    let report = swivel::lint::lint_paths(&args.paths, server)?;
+    let out = if args.format == "json" {
+        serde_json::to_string_pretty(&report)? + "\n"
+    } else {
+        swivel::lint::render_text(&report)
+    };
+    // A reader that stopped early (`| head`) is not an error of the lint's.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("writing the report")
+        }
+        _ => {}
+    }
+    Ok(if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `swivel migrate new`: an empty migration with both sections, never over an existing file.
+fn migrate_new(description: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    use swivel::migrations::files;
+    let name = files::new_file_name(time::OffsetDateTime::now_utc(), description)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    // Two files with one version are an error: refuse to make the second.
+    let mut all = files::sql_files(&[dir.to_path_buf()])?;
+    all.push(path.clone());
+    files::check_versions(&all)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, files::TEMPLATE.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{}", path.display());
+    Ok(())
 }
 
 /// `swivel cleanup`: first what is there (and what it costs to keep), then, for one table and

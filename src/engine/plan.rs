@@ -260,7 +260,7 @@ fn refuse_unique() -> Error {
 }
 
 /// A literal, or a cast of one: a default the server can store without rewriting rows.
-fn is_constant(expr: &Expr) -> bool {
+pub fn is_constant(expr: &Expr) -> bool {
     match expr {
         Expr::Value(v) => !matches!(v.value, Value::Placeholder(_)),
         Expr::Cast { expr, .. } | Expr::Nested(expr) => is_constant(expr),
