@@ -118,11 +118,17 @@ pub async fn emit_marker(conn: &mut Conn, names: &Names, n: u64) -> Result<()> {
     emit(conn, names, MARKER_ID, "cutover", n).await
 }
 
-/// A server id for our replica connection: high, and different per run, so it does not
-/// collide with a real replica's or with a concurrent run's.
+/// A server id for our replica connection: high, so it does not collide with a real
+/// replica's, and different for every stream, ours or a concurrent run's. The server ends a
+/// dump whose id a newer one reuses, with an error that is not a lost connection: two streams
+/// opened in the same microsecond (two runs in one process) once took the same time-based id,
+/// and one run failed.
 fn server_id() -> u32 {
-    let salt = now_micros() as u32 ^ std::process::id().rotate_left(16);
-    0x4000_0000 | (salt & 0x3fff_ffff)
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static BASE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(rand::random::<u32>);
+    0x4000_0000 | (base.wrapping_add(NEXT.fetch_add(1, Relaxed)) & 0x3fff_ffff)
 }
 
 pub async fn start(b: &mut MyBackend) -> Result<()> {
@@ -727,6 +733,14 @@ fn changes_table(sql: &str, table: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_stream_gets_its_own_server_id() {
+        // Opened back to back, as two runs of one process may be, within one microsecond.
+        let ids: std::collections::HashSet<u32> = (0..10_000).map(|_| server_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|id| id & 0x4000_0000 != 0));
+    }
 
     #[test]
     fn rotate_names_lose_a_trailing_checksum() {
