@@ -142,6 +142,26 @@ async fn killed_then_resumed(server: Server, when: Kill) {
                 s["phase"] == "catch-up" && !s["postponed"].is_null()
             })
             .await;
+            // Catch-up begins just before the checkpoint of the finished copy is saved: kill
+            // once it is (killed earlier, the resume rightly copies again from the one before).
+            let saved = match server {
+                Server::Postgres => format!("SELECT checkpoint FROM _{table}_swl WHERE id = 1"),
+                Server::MariaDb => format!("SELECT state FROM _{table}_swl WHERE id = 5"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !db
+                .rows(&saved)
+                .await
+                .first()
+                .and_then(|r| r[0].clone())
+                .is_some_and(|c| c.contains("\"copied\":true"))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{server:?}: no checkpoint of the finished copy"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         Kill::CutOver => {
             wait_status(&socket, 90, "cut-over", |s| s["phase"] == "cut-over").await;
