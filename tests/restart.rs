@@ -6,11 +6,37 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{control, status_json, Db, Server};
 use swivel::{Outcome, RunOptions};
+use tokio::task::JoinHandle;
+
+/// Poll the run's status until `ready` says so; the run ending meanwhile fails the test with
+/// its outcome (a missing socket would only say that it is gone).
+async fn while_running(
+    run: &mut JoinHandle<swivel::Result<Outcome>>,
+    socket: &Path,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if run.is_finished() {
+            panic!("the run ended before {what}: {:?}", run.await.unwrap());
+        }
+        if socket.exists() {
+            let s = status_json(socket).await;
+            if ready(&s) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "waited for {what}: {s}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 async fn restart_mid_run(server: Server) {
     common::testbed();
@@ -54,13 +80,14 @@ async fn restart_mid_run(server: Server) {
     opts.max_rows_per_second = Some(4000);
     opts.serve_socket_file = Some(socket.clone());
     opts.knobs.postpone_cut_over_flag_file = Some(flag);
-    let run = tokio::spawn(swivel::run(opts, std::future::pending()));
-    while !socket.exists() || status_json(&socket).await["rows_copied"].as_u64() < Some(5_000) {
-        if run.is_finished() {
-            panic!("{server:?}: the run ended early: {:?}", run.await.unwrap());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut run = tokio::spawn(swivel::run(opts, std::future::pending()));
+    while_running(
+        &mut run,
+        &socket,
+        &format!("{server:?}: 5,000 rows copied"),
+        |s| s["rows_copied"].as_u64() >= Some(5_000),
+    )
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/testbed/testbed.sh");
     let command = match server {
         Server::Postgres => "restart-pg",
@@ -87,24 +114,13 @@ async fn restart_mid_run(server: Server) {
         copied < Some(20_000),
         "{server:?}: the server went away mid-copy ({copied:?} rows copied when it was back)"
     );
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if run.is_finished() {
-            panic!(
-                "{server:?}: the run ended after the restart: {:?}",
-                run.await.unwrap()
-            );
-        }
-        let s = status_json(&socket).await;
-        if s["phase"] == "catch-up" && !s["postponed"].is_null() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{server:?}: no postponed cut-over: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    while_running(
+        &mut run,
+        &socket,
+        &format!("{server:?}: the postponed cut-over"),
+        |s| s["phase"] == "catch-up" && !s["postponed"].is_null(),
+    )
+    .await;
     control(&socket, "unpostpone").await;
     let outcome = tokio::time::timeout(Duration::from_secs(120), run)
         .await

@@ -1,6 +1,6 @@
 //! `swivel lint`: the dangerous operations in SQL files and migrations, each with a stable rule
-//! name and the safe way to do it. `-- swivel:lint ignore RULE` right above a statement (or
-//! above a file's Down section, for the file-level rules) suppresses that rule there.
+//! name and the safe way to do it. `-- swivel:lint ignore RULE` right above a statement
+//! suppresses that rule there (`missing-down`: above the file's first statement).
 
 pub mod rules;
 
@@ -121,7 +121,11 @@ pub fn lint_text(file: &Path, text: &str, server: Server, report: &mut Report) -
             for rule in rules::check(&parsed, server, in_transaction) {
                 push(st.line, rule, &st.sql, &st.comments);
             }
-        } else if loses_data(&parsed) {
+        } else if rules::check(&parsed, server, in_transaction)
+            .iter()
+            .any(|r| matches!(*r, "ban-drop-table" | "ban-drop-column"))
+        {
+            // What the drop rules find in an Up loses data in a Down.
             push(st.line, "down-loses-data", &st.sql, &st.comments);
         }
     }
@@ -136,21 +140,6 @@ pub fn lint_text(file: &Path, text: &str, server: Server, report: &mut Report) -
     }
     report.unparsed.extend(unparsed);
     Ok(())
-}
-
-/// A Down statement that throws data away.
-fn loses_data(statement: &sqlparser::ast::Statement) -> bool {
-    use sqlparser::ast::{AlterTableOperation, ObjectType, Statement};
-    match statement {
-        Statement::Drop {
-            object_type: ObjectType::Table,
-            ..
-        } => true,
-        Statement::AlterTable { operations, .. } => operations
-            .iter()
-            .any(|op| matches!(op, AlterTableOperation::DropColumn { .. })),
-        _ => false,
-    }
 }
 
 /// `-- swivel:lint ignore RULE[, RULE]` among the comments right above a statement.

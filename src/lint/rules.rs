@@ -210,21 +210,6 @@ pub fn check(statement: &Statement, server: Server, in_transaction: bool) -> Vec
             }
         }
         Statement::CreateTable(create) => {
-            let inline_pk: Vec<&ColumnDef> = create
-                .columns
-                .iter()
-                .filter(|c| {
-                    c.options.iter().any(|o| {
-                        matches!(
-                            o.option,
-                            ColumnOption::Unique {
-                                is_primary: true,
-                                ..
-                            }
-                        )
-                    })
-                })
-                .collect();
             let table_pk: Vec<String> = create
                 .constraints
                 .iter()
@@ -237,8 +222,15 @@ pub fn check(statement: &Statement, server: Server, in_transaction: bool) -> Vec
                 .collect();
             for column in &create.columns {
                 column_types(column, server, &mut found);
-                let is_pk = inline_pk.iter().any(|c| c.name == column.name)
-                    || table_pk.iter().any(|n| *n == column.name.to_string());
+                let is_pk = column.options.iter().any(|o| {
+                    matches!(
+                        o.option,
+                        ColumnOption::Unique {
+                            is_primary: true,
+                            ..
+                        }
+                    )
+                }) || table_pk.iter().any(|n| *n == column.name.to_string());
                 if is_pk && is_int32(&column.data_type) {
                     found.push("prefer-bigint-over-int");
                 }
@@ -295,12 +287,7 @@ fn alter_operation(op: &AlterTableOperation, server: Server, found: &mut Vec<&'s
                     ColumnOption::Generated { .. } | ColumnOption::Identity(_)
                 )
             });
-            let serial = column_def
-                .data_type
-                .to_string()
-                .to_ascii_lowercase()
-                .contains("serial");
-            if not_null && default.is_none() && !generated && !serial {
+            if not_null && default.is_none() && !generated && !is_serial(&column_def.data_type) {
                 found.push("adding-required-field");
             }
             if default.is_some_and(|e| !is_constant(e)) {
@@ -347,7 +334,9 @@ fn alter_operation(op: &AlterTableOperation, server: Server, found: &mut Vec<&'s
 
 /// Column types the rules frown on, wherever a column is declared.
 fn column_types(column: &ColumnDef, server: Server, found: &mut Vec<&'static str>) {
-    serial_type(column, found);
+    if is_serial(&column.data_type) {
+        found.push("prefer-identity");
+    }
     match &column.data_type {
         DataType::Char(_) | DataType::Character(_) => found.push("ban-char-field"),
         DataType::Varchar(Some(_)) | DataType::CharacterVarying(Some(_)) => {
@@ -362,12 +351,9 @@ fn column_types(column: &ColumnDef, server: Server, found: &mut Vec<&'static str
     }
 }
 
-/// serial types: a sequence of their own instead of an identity.
-fn serial_type(column: &ColumnDef, found: &mut Vec<&'static str>) {
-    let name = column.data_type.to_string().to_ascii_lowercase();
-    if name.contains("serial") {
-        found.push("prefer-identity");
-    }
+/// serial types: filled from a sequence of their own (not an identity).
+fn is_serial(t: &DataType) -> bool {
+    t.to_string().to_ascii_lowercase().contains("serial")
 }
 
 fn is_int32(t: &DataType) -> bool {

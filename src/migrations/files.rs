@@ -74,7 +74,7 @@ pub fn split(dialect: &dyn Dialect, text: &str) -> Result<Script> {
             Token::Whitespace(Whitespace::SingleLineComment { comment, .. })
                 if matches!(comment.trim(), UP | DOWN) =>
             {
-                if !sql.trim().is_empty() {
+                if !sql.is_empty() {
                     return Err(Error::refused(format!(
                         "line {}: `-- {}` inside a statement: end the statement with `;` first",
                         t.span.start.line,
@@ -90,8 +90,8 @@ pub fn split(dialect: &dyn Dialect, text: &str) -> Result<Script> {
                 };
                 comments.clear();
             }
-            Token::Whitespace(w) if sql.trim().is_empty() => {
-                // Before a statement: keep its comments, drop the blank space.
+            // A statement's text starts at its first token: what comes before is its comments.
+            Token::Whitespace(w) if sql.is_empty() => {
                 if let Whitespace::SingleLineComment { comment, .. } = w {
                     comments.push(comment.trim().to_string());
                 }
@@ -100,9 +100,8 @@ pub fn split(dialect: &dyn Dialect, text: &str) -> Result<Script> {
                 }
             }
             token => {
-                if sql.trim().is_empty() {
+                if sql.is_empty() {
                     line = t.span.start.line;
-                    sql.clear();
                 }
                 sql.push_str(&token.to_string());
             }

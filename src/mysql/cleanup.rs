@@ -117,6 +117,16 @@ pub async fn cleanup_leftovers(
             None => format!("table {db}.{} (no checkpoint)", names.changelog),
         });
     }
+    let sentry = table_comment(&mut ctl, &db, &names.sentry)
+        .await?
+        .as_deref()
+        == Some(SENTRY_COMMENT);
+    if sentry {
+        found.push(format!(
+            "table {db}.{} (the cut-over's sentry)",
+            names.sentry
+        ));
+    }
     if remove {
         for (name, there) in [
             (&names.shadow, shadow),
@@ -128,21 +138,7 @@ pub async fn cleanup_leftovers(
                     .my_ctx(format!("dropping {name}"))?;
             }
         }
-        if drop_sentry(&mut ctl, &db, &names.sentry).await? {
-            found.push(format!(
-                "table {db}.{} (the cut-over's sentry)",
-                names.sentry
-            ));
-        }
-    } else if table_comment(&mut ctl, &db, &names.sentry)
-        .await?
-        .as_deref()
-        == Some(SENTRY_COMMENT)
-    {
-        found.push(format!(
-            "table {db}.{} (the cut-over's sentry)",
-            names.sentry
-        ));
+        drop_sentry(&mut ctl, &db, &names.sentry).await?;
     }
     Ok(found)
 }

@@ -104,20 +104,16 @@ pub async fn exists(client: &Client, name: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Drop the origin if it exists; Ok(whether it did). Waits while a closing copier session
-/// still holds it.
-pub async fn drop(client: &Client, name: &str) -> Result<bool> {
-    let dropped = while_held("dropping the copy's replication origin", || async move {
+/// Drop the origin (callers look with `exists` first: a role without the origin functions
+/// never calls one). Waits while a closing copier session still holds it.
+pub async fn drop(client: &Client, name: &str) -> Result<()> {
+    while_held("dropping the copy's replication origin", || async move {
         client
-            .execute(
-                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin
-                 WHERE roname = $1::text",
-                &[&name],
-            )
+            .execute("SELECT pg_replication_origin_drop($1::text)", &[&name])
             .await
     })
-    .await?;
-    Ok(dropped > 0)
+    .await
+    .map(|_| ())
 }
 
 /// Run `statement` again while it fails because another session holds the origin
