@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use swivel::engine::migrate::Outcome;
 use swivel::engine::progress::format_duration;
+use swivel::migrations::runner::{self, Runner, Threshold};
 use swivel::options::DurationUnit;
 use swivel::RunOptions;
 
@@ -63,6 +64,89 @@ enum MigrateCommand {
         #[arg(long, default_value = "migrations")]
         dir: PathBuf,
     },
+    /// Each version: applied, pending, failed, drifted (like `flyway info`).
+    Status(MigrateTarget),
+    /// The applied files' checksums against disk, failed runs, gaps, missing Downs (exit 1 on
+    /// problems).
+    Validate(MigrateTarget),
+    /// For each pending statement: how it would run (direct, concurrently, online with the
+    /// table's size) and the lint's findings. Changes nothing.
+    Plan(Box<ApplyArgs>),
+    /// Apply the pending migrations in order (plan only, without --execute).
+    Up {
+        #[command(flatten)]
+        apply: Box<ApplyArgs>,
+        /// Apply up to and including this version.
+        #[arg(long)]
+        to: Option<String>,
+        /// Apply. Without it, swivel only plans.
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Undo applied migrations, newest first, with their Down sections (plan only, without
+    /// --execute).
+    Down {
+        #[command(flatten)]
+        apply: Box<ApplyArgs>,
+        /// Undo this many (default 1).
+        #[arg(long, conflicts_with = "to")]
+        steps: Option<usize>,
+        /// Undo every applied migration newer than this version.
+        #[arg(long)]
+        to: Option<String>,
+        /// Undo. Without it, swivel only plans.
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Remove failed runs from the history and record the new checksums of edited applied
+    /// files (like `flyway repair`), once the schema has been fixed by hand.
+    Repair {
+        #[command(flatten)]
+        target: MigrateTarget,
+        /// How long to wait for another runner to finish.
+        #[arg(long, default_value = "60s", value_parser = duration)]
+        lock_wait: Duration,
+    },
+}
+
+#[derive(Args, Clone)]
+struct MigrateTarget {
+    /// Connection URL, as for `run` (no password in it: PGPASSWORD, MYSQL_PWD or
+    /// --password-file).
+    #[arg(long)]
+    dsn: String,
+    /// A file whose first line is the password.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// The migrations directory.
+    #[arg(long, default_value = "migrations")]
+    dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    target: MigrateTarget,
+    /// An ALTER TABLE on a table of at least this many rows (or this size: 1GB) runs through
+    /// the online engine; below it, directly.
+    #[arg(long, default_value = "1000000", value_parser = online_threshold)]
+    online_threshold: Threshold,
+    /// How long a direct statement may wait for its locks (the application's queries queue
+    /// behind it meanwhile) before it is retried.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    lock_timeout: Duration,
+    /// Attempts after a direct statement's lock wait timed out.
+    #[arg(long, default_value_t = 10)]
+    lock_retries: u32,
+    /// How long to wait for another runner to finish before refusing.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    lock_wait: Duration,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+fn online_threshold(s: &str) -> Result<Threshold, String> {
+    Threshold::parse(s)
 }
 
 #[derive(Args)]
@@ -136,6 +220,13 @@ struct RunArgs {
     /// Run the migration. Without it, swivel only plans and checks.
     #[arg(long)]
     execute: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// The online engine's knobs: `run`'s, and `migrate up|down`'s for the ALTERs it runs online.
+#[derive(Args)]
+struct EngineArgs {
     /// Rows in the first chunk; later chunks are sized to --target-chunk-time.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=200_000))]
     chunk_size: u64,
@@ -343,6 +434,7 @@ async fn real_main() -> anyhow::Result<ExitCode> {
         Command::Migrate(MigrateCommand::New { description, dir }) => {
             migrate_new(&description, &dir)
         }
+        Command::Migrate(command) => return migrate_command(command).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }
@@ -389,6 +481,80 @@ fn migrate_new(description: &str, dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     println!("{}", path.display());
     Ok(())
+}
+
+/// `swivel migrate status|validate|plan|up|down|repair`.
+async fn migrate_command(command: MigrateCommand) -> anyhow::Result<ExitCode> {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal("stopping the migration").await;
+        let _ = stop.send(true);
+    });
+    let connect = |target: MigrateTarget, apply: Option<Box<ApplyArgs>>, execute: bool| {
+        let shutdown = shutdown.clone();
+        async move {
+            let mut engine = RunOptions::new(&target.dsn, "", "");
+            engine.password = read_password_file(target.password_file.as_deref())?;
+            let mut opts = runner::Options {
+                dir: target.dir,
+                execute,
+                lock_wait: Duration::from_secs(60),
+                lock_timeout: Duration::from_secs(2),
+                lock_retries: 10,
+                online_threshold: Threshold::Rows(1_000_000),
+                engine,
+            };
+            if let Some(apply) = apply {
+                opts.lock_wait = apply.lock_wait;
+                opts.lock_timeout = apply.lock_timeout;
+                opts.lock_retries = apply.lock_retries;
+                opts.online_threshold = apply.online_threshold;
+                apply.engine.apply(&mut opts.engine)?;
+            }
+            anyhow::Ok(Runner::connect(opts, shutdown).await?)
+        }
+    };
+    let ok = match command {
+        MigrateCommand::New { .. } => unreachable!("handled by migrate_new"),
+        MigrateCommand::Status(target) => {
+            connect(target, None, false).await?.status().await?;
+            true
+        }
+        MigrateCommand::Validate(target) => connect(target, None, false).await?.validate().await?,
+        MigrateCommand::Plan(apply) => {
+            let target = apply.target.clone();
+            connect(target, Some(apply), false).await?.up(None).await?;
+            true
+        }
+        MigrateCommand::Up { apply, to, execute } => {
+            let target = apply.target.clone();
+            let mut runner = connect(target, Some(apply), execute).await?;
+            runner.up(to.as_deref()).await?;
+            true
+        }
+        MigrateCommand::Down {
+            apply,
+            steps,
+            to,
+            execute,
+        } => {
+            let target = apply.target.clone();
+            let mut runner = connect(target, Some(apply), execute).await?;
+            runner.down(steps, to.as_deref()).await?;
+            true
+        }
+        MigrateCommand::Repair { target, lock_wait } => {
+            let mut runner = connect(target, None, true).await?;
+            runner.set_lock_wait(lock_wait);
+            runner.repair().await?;
+            true
+        }
+    };
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `swivel cleanup`: first what is there (and what it costs to keep), then, for one table and
@@ -459,52 +625,61 @@ async fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl EngineArgs {
+    /// Fill `opts` with these knobs; the control socket defaults to one named for the table.
+    fn apply(self, opts: &mut RunOptions) -> anyhow::Result<()> {
+        opts.announce = true;
+        opts.chunk_size = self.chunk_size;
+        opts.knobs.target_chunk_time = self.target_chunk_time;
+        opts.max_rows_per_second = self.max_rows_per_second;
+        opts.knobs.dml_batch_size = self.dml_batch_size as usize;
+        opts.cut_over_lock_timeout = self.cut_over_lock_timeout;
+        opts.cut_over_retries = self.cut_over_retries;
+        opts.skip_checksum = self.skip_checksum;
+        opts.default_retries = self.default_retries;
+        opts.resume = self.resume;
+        opts.checkpoint_max_age = self.checkpoint_max_age;
+        opts.cut_over_max_wait = self.cut_over_max_wait;
+        opts.force_cut_over_after = self.force_cut_over_after;
+        opts.knobs.max_lag = self.max_lag_millis;
+        opts.knobs.max_load = self.max_load;
+        opts.knobs.critical_load = self.critical_load;
+        opts.knobs.nice_ratio = self.nice_ratio;
+        opts.knobs.throttle_query = self.throttle_query;
+        opts.knobs.throttle_http = self.throttle_http;
+        opts.knobs.throttle_control_replicas = self.throttle_control_replicas;
+        opts.knobs.throttle_flag_file = self.throttle_flag_file;
+        opts.knobs.throttle_additional_flag_file = self.throttle_additional_flag_file;
+        opts.knobs.postpone_cut_over_flag_file = self.postpone_cut_over_flag_file;
+        opts.knobs.panic_flag_file = self.panic_flag_file;
+        opts.serve_socket_file = self.serve_socket_file;
+        opts.serve_tcp_port = self.serve_tcp_port;
+        opts.hooks_path = self.hooks_path;
+        opts.hooks_status_interval = self.hooks_status_interval;
+        opts.max_retained_wal = self.max_retained_wal;
+        opts.drop_old_table = self.drop_old_table;
+        opts.progress_interval = Some(self.progress_interval);
+        opts.status_file = self.status_file;
+        opts.status_interval = self.status_interval;
+        if let Some(url) = &opts.knobs.throttle_http {
+            if !url.starts_with("http://") {
+                anyhow::bail!(
+                    "--throttle-http {url}: give an http:// URL (https is not supported yet)"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut opts = RunOptions::new(&args.target.dsn, &args.target.table, &args.alter);
     opts.password = args.target.password()?;
     opts.execute = args.execute;
-    opts.announce = true;
-    opts.chunk_size = args.chunk_size;
-    opts.knobs.target_chunk_time = args.target_chunk_time;
-    opts.max_rows_per_second = args.max_rows_per_second;
-    opts.knobs.dml_batch_size = args.dml_batch_size as usize;
-    opts.cut_over_lock_timeout = args.cut_over_lock_timeout;
-    opts.cut_over_retries = args.cut_over_retries;
-    opts.skip_checksum = args.skip_checksum;
-    opts.default_retries = args.default_retries;
-    opts.resume = args.resume;
-    opts.checkpoint_max_age = args.checkpoint_max_age;
-    opts.cut_over_max_wait = args.cut_over_max_wait;
-    opts.force_cut_over_after = args.force_cut_over_after;
-    opts.knobs.max_lag = args.max_lag_millis;
-    opts.knobs.max_load = args.max_load;
-    opts.knobs.critical_load = args.critical_load;
-    opts.knobs.nice_ratio = args.nice_ratio;
-    opts.knobs.throttle_query = args.throttle_query;
-    opts.knobs.throttle_http = args.throttle_http;
-    opts.knobs.throttle_control_replicas = args.throttle_control_replicas;
-    opts.knobs.throttle_flag_file = args.throttle_flag_file;
-    opts.knobs.throttle_additional_flag_file = args.throttle_additional_flag_file;
-    opts.knobs.postpone_cut_over_flag_file = args.postpone_cut_over_flag_file;
-    opts.knobs.panic_flag_file = args.panic_flag_file;
-    opts.serve_socket_file = Some(args.serve_socket_file.unwrap_or_else(|| {
+    args.engine.apply(&mut opts)?;
+    opts.serve_socket_file.get_or_insert_with(|| {
         swivel::control::socket::default_path(&args.target.dsn, &args.target.table)
-    }));
-    opts.serve_tcp_port = args.serve_tcp_port;
-    opts.hooks_path = args.hooks_path;
-    opts.hooks_status_interval = args.hooks_status_interval;
-    opts.max_retained_wal = args.max_retained_wal;
-    opts.drop_old_table = args.drop_old_table;
-    opts.progress_interval = Some(args.progress_interval);
-    opts.status_file = args.status_file;
-    opts.status_interval = args.status_interval;
-    if let Some(url) = &opts.knobs.throttle_http {
-        if !url.starts_with("http://") {
-            anyhow::bail!(
-                "--throttle-http {url}: give an http:// URL (https is not supported yet)"
-            );
-        }
-    }
+    });
     match swivel::run(opts, shutdown_signal("cleaning up")).await? {
         Outcome::Planned(plan) => {
             for line in &plan.lines {

@@ -97,6 +97,12 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
         metadata_only: true,
     };
     for op in operations {
+        if !is_row_change(op) {
+            return Err(Error::refused(format!(
+                "swivel does not run `{op}` as an online change: it changes no columns or \
+                 constraints of the rows; run it directly with ALTER TABLE"
+            )));
+        }
         let rewrites = match op {
             AlterTableOperation::AddColumn { column_def, .. } => {
                 // serial types fill every row from a sequence: a rewrite on PostgreSQL.
@@ -175,17 +181,30 @@ pub fn parse_alter(dialect: &dyn Dialect, actions: &str, fold_case: bool) -> Res
                 }
                 true
             }
-            AlterTableOperation::ModifyColumn { .. } => true,
-            other => {
-                return Err(Error::refused(format!(
-                    "swivel does not run `{other}` as an online change: it changes no columns or \
-                     constraints of the rows; run it directly with ALTER TABLE"
-                )))
-            }
+            // ModifyColumn: MySQL's MODIFY is always copied.
+            _ => true,
         };
         spec.metadata_only &= !rewrites;
     }
     Ok(spec)
+}
+
+/// Whether `op` changes the rows' columns or constraints: what the online engine runs. The rest
+/// (renaming the table, indexes, options) it refuses, and the migration runner runs directly.
+pub fn is_row_change(op: &AlterTableOperation) -> bool {
+    matches!(
+        op,
+        AlterTableOperation::AddColumn { .. }
+            | AlterTableOperation::AddConstraint { .. }
+            | AlterTableOperation::DropColumn { .. }
+            | AlterTableOperation::DropConstraint { .. }
+            | AlterTableOperation::RenameConstraint { .. }
+            | AlterTableOperation::ValidateConstraint { .. }
+            | AlterTableOperation::RenameColumn { .. }
+            | AlterTableOperation::AlterColumn { .. }
+            | AlterTableOperation::ChangeColumn { .. }
+            | AlterTableOperation::ModifyColumn { .. }
+    )
 }
 
 /// `actions` without its comments, so that what swivel parses is what the server runs: a

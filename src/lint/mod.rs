@@ -31,7 +31,7 @@ impl Server {
         }
     }
 
-    fn dialect(self) -> Box<dyn Dialect> {
+    pub fn dialect(self) -> Box<dyn Dialect> {
         match self {
             Server::Postgres => Box::new(PostgreSqlDialect {}),
             Server::Mysql => Box::new(MySqlDialect {}),

@@ -212,6 +212,96 @@ pub fn check_versions(files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// A migration file, read and split.
+#[derive(Clone, Debug)]
+pub struct Migration {
+    pub version: String,
+    pub description: String,
+    /// The file's name, as the history records it.
+    pub script: String,
+    pub path: PathBuf,
+    /// CRC-32 of the text (line endings made `\n`, so a checkout on another system is not drift),
+    /// as Flyway records it: a signed 32-bit number.
+    pub checksum: i32,
+    pub up: Vec<Statement>,
+    pub down: Vec<Statement>,
+    pub has_down: bool,
+}
+
+/// The checksum the history keeps of a file's text.
+pub fn checksum(text: &str) -> i32 {
+    crc32fast::hash(text.replace("\r\n", "\n").as_bytes()) as i32
+}
+
+/// Every migration in `dir`, in version order. A `.sql` file not named `V<version>__<desc>.sql`
+/// and two files with one version are errors: the runner would not know where they go.
+pub fn load_dir(dir: &Path, dialect: &dyn Dialect) -> Result<Vec<Migration>> {
+    if !dir.is_dir() {
+        return Err(Error::refused(format!(
+            "{} is not a directory of migrations: give --dir, or make one with swivel migrate new",
+            dir.display()
+        )));
+    }
+    let paths = sql_files(&[dir.to_path_buf()])?;
+    check_versions(&paths)?;
+    let mut out = Vec::new();
+    for path in paths {
+        let script = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let Some(name) = Name::parse(&script) else {
+            return Err(Error::refused(format!(
+                "{}: a migration's name is V<version>__<description>.sql (swivel migrate new \
+                 makes one); rename it or move it out of {}",
+                path.display(),
+                dir.display()
+            )));
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::refused(format!("reading {}: {e}", path.display())))?;
+        let split = split(dialect, &text)
+            .map_err(|e| Error::refused(format!("{}: {e}", path.display())))?;
+        let (up, down) = split
+            .statements
+            .into_iter()
+            .partition(|s| s.section == Section::Up);
+        out.push(Migration {
+            version: name.version,
+            description: name.description,
+            script,
+            path,
+            checksum: checksum(&text),
+            up,
+            down,
+            has_down: split.has_down,
+        });
+    }
+    out.sort_by(|a, b| compare_versions(&a.version, &b.version));
+    Ok(out)
+}
+
+/// Version order, as Flyway's: parts split at `.` and `_`, numbers compared as numbers
+/// (1.10 after 1.9), anything else as text.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |v: &str| -> Vec<String> { v.split(['.', '_']).map(str::to_string).collect() };
+    let (pa, pb) = (parts(a), parts(b));
+    for (x, y) in pa.iter().zip(&pb) {
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+        let order = if numeric(x) && numeric(y) {
+            let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+            x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+        } else {
+            x.cmp(y)
+        };
+        if order.is_ne() {
+            return order;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +399,17 @@ mod tests {
         let e = check_versions(&files).unwrap_err().to_string();
         assert!(e.contains("same version 1"), "{e}");
         assert!(check_versions(&files[..2]).is_ok());
+    }
+
+    #[test]
+    fn versions_order_as_numbers() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("1.9", "1.10"), Less);
+        assert_eq!(compare_versions("2", "10"), Less);
+        assert_eq!(compare_versions("1.1", "1.1.1"), Less);
+        assert_eq!(compare_versions("01", "1"), Equal);
+        assert_eq!(compare_versions("20261124T055712", "20261124T055713"), Less);
+        assert_eq!(checksum("a\r\nb\n"), checksum("a\nb\n"));
+        assert_ne!(checksum("a\n"), checksum("b\n"));
     }
 }
