@@ -624,6 +624,52 @@ async fn a_large_table_runs_online(server: Server) {
         assert_eq!(ty, "bigint", "{server:?}: {t}.k");
     }
     db.assert_nothing_left("big").await;
+
+    // A change that needs no copy runs beside the kept original.
+    let (note, widen_again) = match server {
+        Server::Postgres => ("ADD COLUMN note text", "ALTER COLUMN k TYPE numeric"),
+        Server::MariaDb => ("ADD COLUMN note text", "MODIFY k DECIMAL(20) NOT NULL"),
+    };
+    write(
+        &dir,
+        "V2__note.sql",
+        &format!("-- +swivel Up\nALTER TABLE big {note};\n-- +swivel Down\nSELECT 1;\n"),
+    );
+    let threshold = ["--online-threshold", "900000"];
+    let (ok, said) = migrate(
+        &[&["up", "--execute"][..], &threshold].concat(),
+        &dsn,
+        &dir,
+        "note",
+    );
+    assert!(ok, "{server:?}: {said}");
+    assert!(said.contains("line 2: metadata-only"), "{server:?}: {said}");
+
+    // Two copies of one table in one migration are refused before anything runs.
+    db.exec("DROP TABLE _big_old").await.unwrap();
+    write(
+        &dir,
+        "V3__twice.sql",
+        &format!(
+            "-- +swivel Up\nALTER TABLE big {widen_again};\nALTER TABLE big ADD COLUMN x int;\n\
+             ALTER TABLE big {alter};\n-- +swivel Down\nSELECT 1;\n"
+        ),
+    );
+    let (ok, said) = migrate(
+        &[&["up", "--execute"][..], &threshold].concat(),
+        &dsn,
+        &dir,
+        "twice",
+    );
+    assert!(!ok, "{server:?}: {said}");
+    assert!(
+        said.contains("lines 2 and 4 both copy big: put their actions in one ALTER TABLE"),
+        "{server:?}: {said}"
+    );
+    let k = db.rows(&k_type.replace("{t}", "big")).await[0][0]
+        .clone()
+        .unwrap();
+    assert_eq!(k, "bigint", "{server:?}: nothing of V3 ran");
     drop_database(server, &name).await;
 }
 

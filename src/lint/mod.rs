@@ -305,6 +305,13 @@ mod tests {
                 "CREATE INDEX CONCURRENTLY i ON t (k)",
             ),
             (
+                "require-concurrent-index-deletion",
+                Server::Postgres,
+                "DROP INDEX i",
+                // sqlparser does not read DROP INDEX CONCURRENTLY (it is listed as unparsed).
+                "DROP VIEW i",
+            ),
+            (
                 "ban-concurrent-index-creation-in-transaction",
                 Server::Postgres,
                 "BEGIN; CREATE INDEX CONCURRENTLY i ON t (k); COMMIT",

@@ -105,6 +105,13 @@ pub const RULES: &[Rule] = &[
         help: "CREATE INDEX CONCURRENTLY, outside a transaction",
     },
     Rule {
+        name: "require-concurrent-index-deletion",
+        servers: PG,
+        message: "DROP INDEX without CONCURRENTLY takes an exclusive lock on the table: reads and \
+                  writes queue behind it, and behind any long transaction it waits for",
+        help: "DROP INDEX CONCURRENTLY, outside a transaction (swivel migrate does this itself)",
+    },
+    Rule {
         name: "ban-concurrent-index-creation-in-transaction",
         servers: PG,
         message: "CREATE INDEX CONCURRENTLY cannot run inside a transaction block",
@@ -250,6 +257,11 @@ pub fn check(statement: &Statement, server: Server, in_transaction: bool) -> Vec
             object_type: ObjectType::Table,
             ..
         } => found.push("ban-drop-table"),
+        // sqlparser reads no CONCURRENTLY here: a parsed DROP INDEX is a plain one.
+        Statement::Drop {
+            object_type: ObjectType::Index,
+            ..
+        } if server == Server::Postgres => found.push("require-concurrent-index-deletion"),
         Statement::Drop {
             object_type: ObjectType::Database | ObjectType::Schema,
             ..

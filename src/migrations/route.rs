@@ -3,7 +3,7 @@
 //! blocking writes (PostgreSQL `CONCURRENTLY`, MySQL `ALGORITHM=INPLACE, LOCK=NONE`), and
 //! everything else runs as written.
 
-use sqlparser::ast::Statement as Ast;
+use sqlparser::ast::{ObjectType, Statement as Ast};
 use sqlparser::dialect::Dialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
@@ -17,8 +17,9 @@ pub enum Kind {
     /// An `ALTER TABLE` whose actions all change rows' columns or constraints: online when the
     /// table is large. `table` is `[schema.]name` unquoted, `actions` what follows the name.
     Alter { table: String, actions: String },
-    /// `CREATE INDEX`, rewritten to build without blocking writes.
-    Index { sql: String, table: String },
+    /// `CREATE INDEX` rewritten to build without blocking writes; PostgreSQL's `DROP INDEX`
+    /// rewritten to drop without blocking reads.
+    Index(String),
     /// `BEGIN`, `COMMIT`, `ROLLBACK` written in the file: the file manages its transactions.
     Transaction,
     /// Anything else: run as written, under a lock timeout.
@@ -52,13 +53,6 @@ pub fn classify(sql: &str, server: Server) -> Result<Kind> {
             Ok(Kind::Alter { table, actions })
         }
         Ast::CreateIndex(index) => {
-            let table = index
-                .table_name
-                .0
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(".");
             let sql = match server {
                 Server::Postgres if index.concurrently => sql.to_string(),
                 Server::Postgres => add_concurrently(dialect.as_ref(), sql)?,
@@ -71,7 +65,16 @@ pub fn classify(sql: &str, server: Server) -> Result<Kind> {
                     }
                 }
             };
-            Ok(Kind::Index { sql, table })
+            Ok(Kind::Index(sql))
+        }
+        // One index, without CASCADE: CONCURRENTLY can drop it (and nothing else).
+        Ast::Drop {
+            object_type: ObjectType::Index,
+            names,
+            cascade: false,
+            ..
+        } if server == Server::Postgres && names.len() == 1 => {
+            Ok(Kind::Index(add_concurrently(dialect.as_ref(), sql)?))
         }
         Ast::StartTransaction { .. } | Ast::Commit { .. } | Ast::Rollback { .. } => {
             Ok(Kind::Transaction)
@@ -131,7 +134,8 @@ fn split_alter(dialect: &dyn Dialect, sql: &str) -> Result<(String, String)> {
     Ok((parts.join("."), actions.trim().to_string()))
 }
 
-/// `CREATE [UNIQUE] INDEX …` → `CREATE [UNIQUE] INDEX CONCURRENTLY …`.
+/// `CREATE [UNIQUE] INDEX …` → `CREATE [UNIQUE] INDEX CONCURRENTLY …`, and the same for
+/// `DROP INDEX`.
 fn add_concurrently(dialect: &dyn Dialect, sql: &str) -> Result<String> {
     let mut out = String::new();
     let mut done = false;
@@ -190,10 +194,7 @@ mod tests {
     fn indexes_build_without_blocking_writes() {
         assert_eq!(
             classify("CREATE UNIQUE INDEX i ON orders (k)", Server::Postgres).unwrap(),
-            Kind::Index {
-                sql: "CREATE UNIQUE INDEX CONCURRENTLY i ON orders (k)".into(),
-                table: "orders".into()
-            }
+            Kind::Index("CREATE UNIQUE INDEX CONCURRENTLY i ON orders (k)".into())
         );
         assert_eq!(
             classify(
@@ -201,17 +202,11 @@ mod tests {
                 Server::Postgres
             )
             .unwrap(),
-            Kind::Index {
-                sql: "CREATE INDEX CONCURRENTLY i ON s.orders (k)".into(),
-                table: "s.orders".into()
-            }
+            Kind::Index("CREATE INDEX CONCURRENTLY i ON s.orders (k)".into())
         );
         assert_eq!(
             classify("CREATE INDEX i ON orders (k)", Server::Mysql).unwrap(),
-            Kind::Index {
-                sql: "CREATE INDEX i ON orders (k) ALGORITHM=INPLACE LOCK=NONE".into(),
-                table: "orders".into()
-            }
+            Kind::Index("CREATE INDEX i ON orders (k) ALGORITHM=INPLACE LOCK=NONE".into())
         );
         assert_eq!(
             classify("BEGIN", Server::Postgres).unwrap(),

@@ -204,13 +204,23 @@ pub struct Runner {
     opts: Options,
     migrations: Vec<Migration>,
     shutdown: watch::Receiver<bool>,
+    /// Migrations planned so far by this command (a plan's later ones are checked against a
+    /// schema their predecessors have not changed yet).
+    planned: usize,
+    /// Statements a plan found refused.
+    refusals: usize,
 }
 
 /// How a statement will run.
 #[derive(Clone, Debug)]
 enum Route {
     Direct(String),
-    Online { table: String, actions: String },
+    /// `copies`: whether the engine's plan copies the table (None: not checked yet).
+    Online {
+        table: String,
+        actions: String,
+        copies: Option<bool>,
+    },
     Index(String),
 }
 
@@ -223,6 +233,8 @@ impl Runner {
             opts,
             migrations,
             shutdown,
+            planned: 0,
+            refusals: 0,
         })
     }
 
@@ -444,6 +456,12 @@ impl Runner {
     }
 
     fn finish(&self, n: usize, what: &str) -> Result<()> {
+        if self.refusals > 0 {
+            return Err(Error::refused(format!(
+                "{} statement(s) above would be refused; nothing was changed",
+                self.refusals
+            )));
+        }
         if !self.opts.execute && n > 0 {
             println!("nothing was changed (add --execute to run it)");
         } else if n > 0 {
@@ -470,13 +488,32 @@ impl Runner {
         }
         let mut routes = Vec::new();
         let mut transaction_control = false;
+        // The tables this migration's ALTERs change, so far.
+        let mut altered: Vec<String> = Vec::new();
         for st in statements {
-            let (route, why) = self.route(st).await?;
+            let (route, why) = match self.route(st, &mut altered).await {
+                Ok(r) => r,
+                // A plan lists every refusal; a run stops at the first, before anything ran.
+                Err(e) if !self.opts.execute => {
+                    println!("  line {}: {e}", st.line);
+                    self.refusals += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             transaction_control |= route.is_none();
             let route = route.unwrap_or(Route::Direct(st.sql.clone()));
             println!("  line {}: {why}", st.line);
+            if let Err(e) = self.one_copy_per_table(&routes, &route, st.line) {
+                if self.opts.execute {
+                    return Err(e);
+                }
+                println!("  line {}: {e}", st.line);
+                self.refusals += 1;
+            }
             routes.push((st.line, route));
         }
+        self.planned += 1;
         if !self.opts.execute {
             return Ok(());
         }
@@ -510,6 +547,37 @@ impl Runner {
         }
     }
 
+    /// Two copies of one table in one migration: the second would find the first's kept
+    /// original in its way, and one ALTER with both changes copies once.
+    fn one_copy_per_table(&self, before: &[(u64, Route)], route: &Route, line: u64) -> Result<()> {
+        let copy_of = |r: &Route| match r {
+            Route::Online {
+                table,
+                copies: Some(true) | None,
+                ..
+            } => Some(table.clone()),
+            _ => None,
+        };
+        let Some(table) = copy_of(route) else {
+            return Ok(());
+        };
+        if self.opts.engine.drop_old_table {
+            return Ok(());
+        }
+        match before
+            .iter()
+            .find(|(_, r)| copy_of(r).as_ref() == Some(&table))
+        {
+            Some((first, _)) => Err(Error::refused(format!(
+                "lines {first} and {line} both copy {table}: put their actions in one ALTER TABLE \
+                 statement (one copy instead of two), or give --drop-old-table (the second swap \
+                 needs the name _{}_old the first keeps its original under)",
+                table.rsplit('.').next().unwrap_or(&table)
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn print_lint(&self, m: &Migration) -> Result<()> {
         let mut report = crate::lint::Report::default();
         let text = std::fs::read_to_string(&m.path)
@@ -529,7 +597,11 @@ impl Runner {
     }
 
     /// The route of one statement and why (None: transaction control, run as written).
-    async fn route(&mut self, st: &Statement) -> Result<(Option<Route>, String)> {
+    async fn route(
+        &mut self,
+        st: &Statement,
+        altered: &mut Vec<String>,
+    ) -> Result<(Option<Route>, String)> {
         let sql = one_line(&st.sql);
         let server = self.session.server();
         Ok(match route::classify(&st.sql, server)? {
@@ -538,7 +610,7 @@ impl Runner {
                 Some(Route::Direct(st.sql.clone())),
                 format!("direct: {sql}"),
             ),
-            Kind::Index { sql: built, .. } => {
+            Kind::Index(built) => {
                 let how = match server {
                     Server::Postgres => "concurrently",
                     Server::Mysql => "inplace",
@@ -547,6 +619,8 @@ impl Runner {
                 (Some(Route::Index(built)), format!("{how}: {shown}"))
             }
             Kind::Alter { table, actions } => {
+                let changed_before = altered.contains(&table);
+                altered.push(table.clone());
                 let limit = match self.opts.online_threshold {
                     Threshold::Rows(n) => n,
                     Threshold::Bytes(_) => 1,
@@ -567,15 +641,49 @@ impl Runner {
                 };
                 let threshold = self.opts.online_threshold;
                 if online {
-                    // The engine checks the change now, before any statement runs; when it
-                    // runs, it prints this plan itself.
-                    let mut plan = self.engine_plan(&table, &actions).await?;
-                    if self.opts.execute {
-                        plan.clear();
-                    }
+                    let why = format!("({measured}; --online-threshold {threshold}): {sql}");
+                    // The engine checks the change now, before any statement runs (unless an
+                    // earlier statement changes the table first: then it checks when it runs).
+                    let plan = match self.engine_plan(&table, &actions).await {
+                        Ok(plan) => plan,
+                        Err(e) if changed_before || self.planned > 0 => {
+                            let when = if changed_before {
+                                "the statements before it have run"
+                            } else {
+                                "the migrations before it have run"
+                            };
+                            return Ok((
+                                Some(Route::Online {
+                                    table,
+                                    actions,
+                                    copies: None,
+                                }),
+                                format!(
+                                    "online {why}\n      not checked yet: {e} (checked again \
+                                     once {when})"
+                                ),
+                            ));
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let how = if plan.metadata_only {
+                        "metadata-only"
+                    } else {
+                        "online"
+                    };
+                    // When it runs, the engine prints its plan itself.
+                    let lines: String = if self.opts.execute {
+                        String::new()
+                    } else {
+                        plan.lines.iter().map(|l| format!("\n      {l}")).collect()
+                    };
                     (
-                        Some(Route::Online { table, actions }),
-                        format!("online ({measured}; --online-threshold {threshold}): {sql}{plan}"),
+                        Some(Route::Online {
+                            table,
+                            actions,
+                            copies: Some(!plan.metadata_only),
+                        }),
+                        format!("{how} {why}{lines}"),
                     )
                 } else {
                     (
@@ -587,21 +695,22 @@ impl Runner {
         })
     }
 
-    /// The online engine's own plan and checks of a change (it refuses here what it would
-    /// refuse at run time), as indented lines.
-    async fn engine_plan(&self, table: &str, actions: &str) -> Result<String> {
+    /// The online engine's own plan and checks of a change: it refuses here what it would
+    /// refuse at run time.
+    async fn engine_plan(
+        &self,
+        table: &str,
+        actions: &str,
+    ) -> Result<crate::engine::backend::PlanReport> {
         let mut opts = self.engine_options(table, actions);
         opts.execute = false;
         opts.announce = false;
-        let plan = match crate::engine::migrate::run(opts, std::future::pending()).await? {
-            Outcome::Planned(plan) => plan,
-            _ => return Ok(String::new()),
-        };
-        Ok(plan
-            .lines
-            .iter()
-            .map(|l| format!("\n      {l}"))
-            .collect::<String>())
+        match crate::engine::migrate::run(opts, std::future::pending()).await? {
+            Outcome::Planned(plan) => Ok(plan),
+            other => Err(Error::refused(format!(
+                "the engine ran a change it was asked only to plan: {other:?}"
+            ))),
+        }
     }
 
     fn engine_options(&self, table: &str, actions: &str) -> RunOptions {
@@ -712,7 +821,7 @@ impl Runner {
     /// One statement outside a transaction, with retries on lock timeouts.
     async fn statement(&mut self, route: &Route) -> Result<StatementRun> {
         match route {
-            Route::Online { table, actions } => self.online(table, actions).await,
+            Route::Online { table, actions, .. } => self.online(table, actions).await,
             Route::Direct(sql) => {
                 self.retrying(sql, None).await?;
                 Ok(StatementRun {

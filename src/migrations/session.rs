@@ -212,11 +212,16 @@ impl Session {
     /// Rows in `table`, counted up to `limit` (a bounded scan), and its size on disk; None when
     /// it does not exist.
     pub async fn table_size(&mut self, table: &str, limit: u64) -> Result<Option<(u64, u64)>> {
-        let exists = match self {
+        let quote = match self {
+            Session::Pg(_) => crate::postgres::quote_ident,
+            Session::My(_) => crate::mysql::quote_ident,
+        };
+        let quoted = table.split('.').map(quote).collect::<Vec<_>>().join(".");
+        let bytes = match self {
             Session::Pg(_) => {
                 self.value(&format!(
                     "SELECT pg_total_relation_size(to_regclass({}))",
-                    crate::postgres::quote_literal(table)
+                    crate::postgres::quote_literal(&quoted)
                 ))
                 .await?
             }
@@ -232,20 +237,8 @@ impl Session {
                 .await?
             }
         };
-        let Some(bytes) = exists else {
+        let Some(bytes) = bytes else {
             return Ok(None);
-        };
-        let quoted = match self {
-            Session::Pg(_) => table
-                .split('.')
-                .map(crate::postgres::quote_ident)
-                .collect::<Vec<_>>()
-                .join("."),
-            Session::My(_) => table
-                .split('.')
-                .map(crate::mysql::quote_ident)
-                .collect::<Vec<_>>()
-                .join("."),
         };
         let rows = self
             .value(&format!(

@@ -217,14 +217,8 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
         )));
     }
     let mut leftovers = Vec::new();
-    for leftover in [&names.shadow, &names.changelog, &names.sentry, &names.old] {
+    for leftover in [&names.shadow, &names.changelog, &names.sentry] {
         if super::table_exists(&mut b.ctl, db, leftover).await? {
-            if leftover == &names.old {
-                return Err(Error::refused(format!(
-                    "{db}.{leftover} exists, the table a swap would rename the original to: drop \
-                     or rename it first"
-                )));
-            }
             leftovers.push(format!("{db}.{leftover}"));
         }
     }
@@ -238,6 +232,14 @@ pub async fn plan(b: &mut MyBackend) -> Result<PlanReport> {
     }
 
     try_alter(b, &key_names).await?;
+    // Only a swap needs the name of the kept original: a change run directly does not.
+    if !b.alter.metadata_only && super::table_exists(&mut b.ctl, db, &names.old).await? {
+        return Err(Error::refused(format!(
+            "{db}.{} exists, the table a swap would rename the original to: drop or rename it \
+             first",
+            names.old
+        )));
+    }
     if !b.alter.metadata_only {
         b.lock_view = Some(super::cutover::lock_view(&mut b.ctl, b.mariadb).await?);
     }

@@ -194,6 +194,7 @@ pub async fn start(b: &mut MyBackend) -> Result<()> {
         lost: 0,
         tables: HashMap::new(),
         file,
+        before_format: true,
         in_transaction: false,
         last_commit: None,
         applied: applied.clone(),
@@ -309,6 +310,10 @@ struct Applier {
     tables: HashMap<u64, Target>,
     /// The binlog file being read (rotate events name the next).
     file: String,
+    /// No format description has come yet on this stream: its rotate event is the artificial
+    /// one naming the file it was opened at, and the name may end in checksum bytes (one in
+    /// ~25 of those starts with an ASCII digit, which the name's digits would swallow).
+    before_format: bool,
     in_transaction: bool,
     /// End of the newest transaction whose changes are all in the batch or applied.
     last_commit: Option<u64>,
@@ -350,7 +355,8 @@ impl Applier {
                         continue;
                     }
                     Ok(Some(Err(e))) => {
-                        self.stream_lost(Error::my("reading the binlog", e)).await?;
+                        let context = format!("reading the binlog ({})", self.file);
+                        self.stream_lost(Error::my(context, e)).await?;
                         continue;
                     }
                     Ok(Some(Ok(event))) => event,
@@ -359,7 +365,10 @@ impl Applier {
                 .read_data()
                 .map_err(|e| Error::Stream(format!("decoding a binlog event: {e}")))?;
             match data {
+                // The stream was opened at `self.file`: its artificial rotate says nothing new.
+                Some(EventData::RotateEvent(_)) if self.before_format => {}
                 Some(EventData::RotateEvent(r)) => self.file = next_file(&self.file, &r.name()),
+                Some(EventData::FormatDescriptionEvent(_)) => self.before_format = false,
                 Some(EventData::XidEvent(_)) => {
                     self.in_transaction = false;
                     self.last_commit = Some(u64::from(event.header().log_pos()));
@@ -607,6 +616,7 @@ impl Applier {
         .await?;
         self.stream = stream;
         self.file = file;
+        self.before_format = true;
         self.router.forget();
         self.in_transaction = false;
         self.last_commit = None;

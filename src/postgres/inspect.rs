@@ -293,9 +293,9 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
          UNION ALL SELECT pubname::text FROM pg_publication WHERE pubname = $3
          UNION ALL SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = $3",
         &[&names.schema, &vec![names.shadow.clone(), names.old.clone(), names.state.clone()], &names.publication]).await.ctx("looking for leftovers")?);
-    if leftovers.contains(&names.old) {
-        return refuse(format!("{} exists, from an earlier migration; drop or rename it first (it is the table swivel keeps after a cut-over)", names.qualified(&names.old)));
-    }
+    // Only a swap needs the name of the kept original: a change run directly does not.
+    let old_exists = leftovers.contains(&names.old);
+    let leftovers: Vec<String> = leftovers.into_iter().filter(|l| l != &names.old).collect();
     if b.opts.resume {
         b.resume = Some(resume_check(b, &names, oid).await?);
     } else if !leftovers.is_empty() {
@@ -343,6 +343,9 @@ pub async fn plan(b: &mut PgBackend) -> Result<PlanReport> {
             "the server rewrites the table for this change (tried on an empty copy): it is copied online instead of run directly"
                 .into(),
         );
+    }
+    if !metadata_only && old_exists {
+        return refuse(format!("{} exists, from an earlier migration; drop or rename it first (it is the table swivel keeps after a cut-over)", names.qualified(&names.old)));
     }
     if !metadata_only {
         let wal_level = one_string(client, "SHOW wal_level", "reading wal_level").await?;
