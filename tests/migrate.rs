@@ -626,9 +626,17 @@ async fn a_large_table_runs_online(server: Server) {
     db.assert_nothing_left("big").await;
 
     // A change that needs no copy runs beside the kept original.
-    let (note, widen_again) = match server {
-        Server::Postgres => ("ADD COLUMN note text", "ALTER COLUMN k TYPE numeric"),
-        Server::MariaDb => ("ADD COLUMN note text", "MODIFY k DECIMAL(20) NOT NULL"),
+    let (note, widen_again, to_text) = match server {
+        Server::Postgres => (
+            "ADD COLUMN note text",
+            "ALTER COLUMN k TYPE numeric",
+            "ALTER COLUMN k TYPE text",
+        ),
+        Server::MariaDb => (
+            "ADD COLUMN note text",
+            "MODIFY k DECIMAL(20) NOT NULL",
+            "MODIFY k VARCHAR(30) NOT NULL",
+        ),
     };
     write(
         &dir,
@@ -652,7 +660,7 @@ async fn a_large_table_runs_online(server: Server) {
         "V3__twice.sql",
         &format!(
             "-- +swivel Up\nALTER TABLE big {widen_again};\nALTER TABLE big ADD COLUMN x int;\n\
-             ALTER TABLE big {alter};\n-- +swivel Down\nSELECT 1;\n"
+             ALTER TABLE big {to_text};\n-- +swivel Down\nSELECT 1;\n"
         ),
     );
     let (ok, said) = migrate(

@@ -166,10 +166,9 @@ pub fn problems(versions: &[Version], dir: &std::path::Path) -> Vec<String> {
                         .map(|err| format!("the statement on line {} failed: {err}", s.line))
                 });
                 out.push(format!(
-                    "{name}: its last {way} run did not finish; {} statement(s) completed; {}. Fix \
-                     forward: finish or undo those statements by hand so the schema matches the \
-                     file, then run swivel migrate repair to remove the failed run from the \
-                     history",
+                    "{name}: its last {way} run did not finish; {} statement(s) completed; {}. To \
+                     go on: undo by hand what those statements did, correct the file, then run \
+                     swivel migrate repair (it forgets the failed run) and {way} again",
                     e.completed(),
                     failed.unwrap_or_else(|| "it was interrupted".to_string())
                 ));
