@@ -501,6 +501,67 @@ async fn a_failed_statement_leaves_a_true_history(server: Server) {
     drop_database(server, &name).await;
 }
 
+/// SIGTERM in the middle of a migration: the run stops at once, and the history says which
+/// statements completed and that the one running was interrupted.
+async fn interrupted_midway(server: Server) {
+    let name = format!("swivel_mig_sigterm_{server:?}").to_lowercase();
+    let (dsn, mut db) = fresh_database(server, &name).await;
+    let dir = common::scratch("migrate", &name);
+    let sleep = match server {
+        Server::Postgres => "SELECT pg_sleep(60)",
+        Server::MariaDb => "DO SLEEP(60)",
+    };
+    // The index takes the migration out of one transaction on PostgreSQL too.
+    write(
+        &dir,
+        "V1__slow.sql",
+        &format!(
+            "-- +swivel Up\nCREATE TABLE t (id int PRIMARY KEY, k int);\n\
+             CREATE INDEX t_k ON t (k);\n{sleep};\n-- +swivel Down\nDROP TABLE t;\n"
+        ),
+    );
+    let mut args: Vec<String> = ["migrate", "up", "--execute", "--dsn", &dsn, "--dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(dir.join("migrations").display().to_string());
+    let mut child = common::swivel(&args, &dir, "up");
+    let sleeping = match server {
+        Server::Postgres => {
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'"
+        }
+        Server::MariaDb => {
+            "SELECT count(*) FROM information_schema.processlist WHERE info LIKE 'DO SLEEP(60)%'"
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while db.number(sleeping).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{server:?}: the migration never got to its sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "{server:?}: an interrupted migration is no success"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{server:?}: it stopped at the signal, not after the sleep"
+    );
+    assert_eq!(history(&mut db).await, h(&[("1", "SQL", "failed")]));
+    let (_, said) = migrate(&["status"], &dsn, &dir, "status");
+    assert!(
+        said.contains("2 statement(s) completed; the statement on line 4 failed: interrupted"),
+        "{server:?}: {said}"
+    );
+    drop_database(server, &name).await;
+}
+
 /// The same random write on `table` and its twin, in one transaction each, until `stop`.
 async fn writer(dsn: String, table: String, rows: i64, stop: Arc<AtomicBool>) -> u64 {
     let mut db = Db::connect_to(&dsn).await;
@@ -708,6 +769,11 @@ mod postgres {
     async fn a_large_table_runs_online() {
         super::a_large_table_runs_online(Server::Postgres).await;
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn interrupted_midway() {
+        super::interrupted_midway(Server::Postgres).await;
+    }
 }
 
 mod mariadb {
@@ -736,5 +802,10 @@ mod mariadb {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_large_table_runs_online() {
         super::a_large_table_runs_online(Server::MariaDb).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn interrupted_midway() {
+        super::interrupted_midway(Server::MariaDb).await;
     }
 }

@@ -98,7 +98,7 @@ impl Entry {
 
 pub async fn exists(s: &mut Session) -> Result<bool> {
     let sql = match s {
-        Session::Pg(_) => format!("SELECT to_regclass('{TABLE}') IS NOT NULL"),
+        Session::Pg(..) => format!("SELECT to_regclass('{TABLE}') IS NOT NULL"),
         Session::My(_) => format!(
             "SELECT count(*) > 0 FROM information_schema.tables \
              WHERE table_schema = DATABASE() AND table_name = '{TABLE}'"
@@ -109,7 +109,7 @@ pub async fn exists(s: &mut Session) -> Result<bool> {
 
 pub async fn create(s: &mut Session) -> Result<()> {
     let sql = match s {
-        Session::Pg(_) => format!(
+        Session::Pg(..) => format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (
                 installed_rank integer PRIMARY KEY,
                 version text NOT NULL,
@@ -149,7 +149,7 @@ pub async fn read(s: &mut Session) -> Result<Vec<Entry>> {
         return Ok(Vec::new());
     }
     let when = match s {
-        Session::Pg(_) => "to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')",
+        Session::Pg(..) => "to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')",
         Session::My(_) => "DATE_FORMAT(CONVERT_TZ(installed_on, @@session.time_zone, '+00:00'), '%Y-%m-%d %H:%i:%s')",
     };
     let rows = s
@@ -218,7 +218,7 @@ pub async fn insert(
 
 fn false_(s: &Session) -> &'static str {
     match s {
-        Session::Pg(_) => "false",
+        Session::Pg(..) => "false",
         Session::My(_) => "0",
     }
 }
@@ -234,7 +234,7 @@ pub async fn update(
     let json = serde_json::to_string(statements)
         .map_err(|e| Error::refused(format!("recording the statements: {e}")))?;
     let success = match (s as &Session, success) {
-        (Session::Pg(_), b) => b.to_string(),
+        (Session::Pg(..), b) => b.to_string(),
         (Session::My(_), b) => (b as u8).to_string(),
     };
     let sql = format!(

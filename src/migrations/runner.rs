@@ -912,15 +912,23 @@ impl Runner {
         Ok(())
     }
 
-    /// Run `sql` directly; Ctrl-C stops it (the session's end rolls it back on the server).
+    /// Run `sql` directly; Ctrl-C (SIGTERM, SIGHUP) cancels it on the server, so that it cannot
+    /// complete after the history says it did not.
     async fn interruptible(&mut self, sql: &str) -> Result<()> {
         let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            r = self.session.execute(sql) => r,
-            _ = shutdown.wait_for(|stop| *stop) => {
-                Err(Error::Interrupted(format!("while running `{}`", one_line(sql))))
-            }
+        let stopped = tokio::select! {
+            r = self.session.execute(sql) => return r,
+            _ = shutdown.wait_for(|stop| *stop) => Error::Interrupted(format!("while running `{}`", one_line(sql))),
+        };
+        let engine = &self.opts.engine;
+        if let Err(e) = self
+            .session
+            .cancel_running(&engine.dsn, engine.password.as_deref())
+            .await
+        {
+            tracing::warn!("cancelling `{}`: {e}", one_line(sql));
         }
+        Err(stopped)
     }
 
     async fn online(&mut self, table: &str, actions: &str) -> Result<StatementRun> {

@@ -13,8 +13,9 @@ use crate::postgres::PgTarget;
 /// The advisory lock's key on PostgreSQL ("swivel" in ASCII): one runner per database.
 const PG_LOCK_KEY: i64 = 0x7377_6976_656c;
 
+/// A session, with (PostgreSQL) its backend pid.
 pub enum Session {
-    Pg(tokio_postgres::Client),
+    Pg(tokio_postgres::Client, i32),
     My(mysql_async::Conn),
 }
 
@@ -22,8 +23,8 @@ impl Session {
     pub async fn connect(dsn: &str, password: Option<&str>) -> Result<Session> {
         match crate::engine::migrate::dsn_scheme(dsn) {
             "postgres" | "postgresql" => {
-                let (client, _pid) = PgTarget::parse(dsn, password)?.connect("migrate").await?;
-                Ok(Session::Pg(client))
+                let (client, pid) = PgTarget::parse(dsn, password)?.connect("migrate").await?;
+                Ok(Session::Pg(client, pid))
             }
             "mysql" | "mariadb" => {
                 let target = MyTarget::parse(dsn, password)?;
@@ -40,9 +41,22 @@ impl Session {
         }
     }
 
+    /// Cancel what `self` is running, from a session of its own (`self` is busy with it).
+    /// The statement fails on the server; `self` can be used again.
+    pub async fn cancel_running(&self, dsn: &str, password: Option<&str>) -> Result<()> {
+        let cancel = match self {
+            Session::Pg(_, pid) => format!("SELECT pg_cancel_backend({pid})"),
+            Session::My(conn) => format!("KILL QUERY {}", conn.id()),
+        };
+        Session::connect(dsn, password)
+            .await?
+            .execute(&cancel)
+            .await
+    }
+
     pub fn server(&self) -> Server {
         match self {
-            Session::Pg(_) => Server::Postgres,
+            Session::Pg(..) => Server::Postgres,
             Session::My(_) => Server::Mysql,
         }
     }
@@ -51,7 +65,7 @@ impl Session {
     pub async fn execute(&mut self, sql: &str) -> Result<()> {
         let context = || format!("running `{}`", one_line(sql));
         match self {
-            Session::Pg(c) => c.batch_execute(sql).await.ctx(context()),
+            Session::Pg(c, _) => c.batch_execute(sql).await.ctx(context()),
             Session::My(c) => c.query_drop(sql).await.my_ctx(context()),
         }
     }
@@ -60,7 +74,7 @@ impl Session {
     pub async fn rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
         let context = || format!("running `{}`", one_line(sql));
         match self {
-            Session::Pg(c) => {
+            Session::Pg(c, _) => {
                 let mut out = Vec::new();
                 for m in c.simple_query(sql).await.ctx(context())? {
                     if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
@@ -101,7 +115,7 @@ impl Session {
     /// A string literal for this server.
     pub fn literal(&self, s: &str) -> String {
         match self {
-            Session::Pg(_) => crate::postgres::quote_literal(s),
+            Session::Pg(..) => crate::postgres::quote_literal(s),
             // Hex, so that no sql_mode (NO_BACKSLASH_ESCAPES) changes what it reads back.
             Session::My(_) => {
                 let hex: String = s.bytes().map(|b| format!("{b:02x}")).collect();
@@ -116,7 +130,7 @@ impl Session {
         let mut said = false;
         loop {
             let got = match self {
-                Session::Pg(_) => {
+                Session::Pg(..) => {
                     self.value(&format!("SELECT pg_try_advisory_lock({PG_LOCK_KEY})"))
                         .await?
                         .as_deref()
@@ -151,7 +165,7 @@ impl Session {
 
     async fn lock_holder(&mut self) -> Result<String> {
         let row = match self {
-            Session::Pg(_) => {
+            Session::Pg(..) => {
                 self.rows(&format!(
                     "SELECT a.pid::text, coalesce(a.application_name, ''), \
                             coalesce(a.client_addr::text, 'local') \
@@ -173,7 +187,7 @@ impl Session {
             Some(r) => {
                 let f = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
                 match self {
-                    Session::Pg(_) => format!("pid {} {} from {}", f(0), f(1), f(2)),
+                    Session::Pg(..) => format!("pid {} {} from {}", f(0), f(1), f(2)),
                     Session::My(_) => format!("connection {}", f(0)),
                 }
             }
@@ -185,7 +199,7 @@ impl Session {
     /// behind a DDL that waits).
     pub async fn set_lock_timeout(&mut self, timeout: Duration) -> Result<()> {
         match self {
-            Session::Pg(_) => {
+            Session::Pg(..) => {
                 self.execute(&format!("SET lock_timeout = '{}ms'", timeout.as_millis()))
                     .await
             }
@@ -203,7 +217,7 @@ impl Session {
     /// The user the history records as having applied a migration.
     pub async fn user(&mut self) -> Result<String> {
         let sql = match self {
-            Session::Pg(_) => "SELECT current_user",
+            Session::Pg(..) => "SELECT current_user",
             Session::My(_) => "SELECT CURRENT_USER()",
         };
         Ok(self.value(sql).await?.unwrap_or_default())
@@ -213,12 +227,12 @@ impl Session {
     /// it does not exist.
     pub async fn table_size(&mut self, table: &str, limit: u64) -> Result<Option<(u64, u64)>> {
         let quote = match self {
-            Session::Pg(_) => crate::postgres::quote_ident,
+            Session::Pg(..) => crate::postgres::quote_ident,
             Session::My(_) => crate::mysql::quote_ident,
         };
         let quoted = table.split('.').map(quote).collect::<Vec<_>>().join(".");
         let bytes = match self {
-            Session::Pg(_) => {
+            Session::Pg(..) => {
                 self.value(&format!(
                     "SELECT pg_total_relation_size(to_regclass({}))",
                     crate::postgres::quote_literal(&quoted)
