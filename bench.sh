@@ -4,7 +4,7 @@
 # PostgreSQL and on MariaDB (or one: ./bench.sh postgres | ./bench.sh mariadb). Extra
 # arguments go to `swivel bench` (e.g. --rows 10000000). Reports land in swivel-bench/.
 # ./bench.sh pg-versions: PostgreSQL 15 and 17 in one run (the copy's plain and origin-filtered
-# paths).
+# paths). ./bench.sh applier [ROWS]: the applier's throughput (benches/applier.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 which=${1:-all}
@@ -15,6 +15,15 @@ cargo build --release --bin swivel
 pg=postgres://postgres@127.0.0.1:55432/swivel
 my=mysql://root@127.0.0.1:33306/swivel
 case "$which" in
+    applier)
+        # The applier's throughput: bulk and single-row transactions, both servers.
+        for server in postgres mariadb; do
+            for mode in bulk small; do
+                MODE=$mode benches/applier.sh "$server" "${1:-200000}"
+            done
+        done
+        exit 0
+        ;;
     postgres) dsns=("$pg") ;;
     mariadb|mysql) dsns=("$my") ;;
     all) dsns=("$pg" "$my") ;;
