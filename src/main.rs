@@ -177,6 +177,9 @@ struct BenchArgs {
     /// Writes before each tool starts (and after it ends), e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = duration)]
     warmup: Duration,
+    /// More options for swivel's run, e.g. "--target-chunk-time 100ms --nice-ratio 0.5".
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    swivel_args: String,
 }
 
 #[derive(Args)]
@@ -613,6 +616,11 @@ async fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         report_dir: args.report,
         warmup: args.warmup,
         cooldown: args.warmup,
+        swivel_args: args
+            .swivel_args
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
     };
     let shutdown = shutdown_signal("dropping what the bench created");
     let report = bench::run(opts.clone(), shutdown).await?;

@@ -38,6 +38,8 @@ pub struct BenchOptions {
     /// Writes before each tool starts, and after it ends.
     pub warmup: Duration,
     pub cooldown: Duration,
+    /// More `swivel run` options, e.g. `--target-chunk-time 100ms`.
+    pub swivel_args: Vec<String>,
 }
 
 /// Run the bench; whatever happens, also when `shutdown` resolves (Ctrl-C), drop everything
@@ -171,6 +173,8 @@ struct ToolResult {
     /// When the tables were swapped, since the origin: writes in flight then felt the swap.
     cutover_window: Option<(Duration, Duration)>,
     lag: Option<Lag>,
+    /// Row changes swivel replayed, and per second from the copy's start to the swap.
+    replayed: Option<(u64, f64)>,
     peak_rss_mb: Option<f64>,
     marks: Vec<Mark>,
 }
@@ -263,6 +267,8 @@ async fn measure(
     run.copy_end_to_cutover_s = result.copy_end_to_cutover.map(|d| d.as_secs_f64());
     run.cutover_lock_ms = result.cutover_lock_ms;
     run.lag = result.lag;
+    run.changes_replayed = result.replayed.map(|(n, _)| n);
+    run.replayed_per_s = result.replayed.map(|(_, r)| r);
     run.peak_rss_mb = result.peak_rss_mb;
     run.marks = std::iter::once(mark("start", started))
         .chain(result.marks)
@@ -323,6 +329,7 @@ async fn run_swivel(opts: &BenchOptions, alter: &str, ctx: &RunContext) -> Resul
     cmd.args(["--execute", "--drop-old-table", "--progress-interval", "1s"]);
     cmd.arg("--status-file").arg(&ctx.status);
     cmd.args(["--status-interval", "100ms"]);
+    cmd.args(&opts.swivel_args);
     if let Some(file) = &opts.password_file {
         cmd.arg("--password-file").arg(file);
     }
@@ -349,6 +356,17 @@ async fn run_swivel(opts: &BenchOptions, alter: &str, ctx: &RunContext) -> Resul
         .collect();
     let copy_end = event("catch-up");
     let (cutover_start, swapped) = (event("cut-over"), event("swapped"));
+    let changes = lines
+        .iter()
+        .filter_map(|l| l["changes_applied"].as_u64())
+        .max();
+    let replayed = match (changes, event("copy"), swapped) {
+        (Some(n), Some(from), Some(to)) => Some((
+            n,
+            n as f64 / to.saturating_sub(from).as_secs_f64().max(1e-6),
+        )),
+        _ => None,
+    };
     let marks = [
         ("copy", event("copy")),
         ("copy done", copy_end),
@@ -368,6 +386,7 @@ async fn run_swivel(opts: &BenchOptions, alter: &str, ctx: &RunContext) -> Resul
         cutover_lock_ms: last["cutover_lock_ms"].as_f64(),
         cutover_window: cutover_start.zip(swapped),
         lag: Lag::of(&lag),
+        replayed,
         peak_rss_mb,
         marks,
     })

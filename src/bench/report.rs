@@ -116,6 +116,10 @@ pub struct ToolRun {
     pub writes: Phases,
     /// Replication lag while swivel ran, sampled from its status file.
     pub lag: Option<Lag>,
+    /// Row changes swivel replayed on the shadow table.
+    pub changes_replayed: Option<u64>,
+    /// Those per second, from the copy's start to the swap.
+    pub replayed_per_s: Option<f64>,
     pub peak_rss_mb: Option<f64>,
     pub marks: Vec<Mark>,
     /// Every write, for the chart; not in the JSON.
@@ -139,6 +143,8 @@ impl ToolRun {
             cutover_lock_ms: None,
             writes: Phases::default(),
             lag: None,
+            changes_replayed: None,
+            replayed_per_s: None,
             peak_rss_mb: None,
             marks: Vec::new(),
             samples: Vec::new(),
@@ -257,7 +263,9 @@ impl BenchReport {
             "max at swap",
             "writes/s during",
             "errors",
+            "replayed",
             "lag p99",
+            "lag max",
             "RSS",
         ];
         let mut rows: Vec<Vec<String>> = Vec::new();
@@ -286,7 +294,10 @@ impl BenchReport {
                 ms(w.cutover.as_ref().map(|c| c.max_ms)),
                 format!("{:.0}", w.during.per_second),
                 (w.before.errors + w.during.errors + w.after.errors).to_string(),
+                r.changes_replayed
+                    .map_or("-".into(), |n| format!("{n} ({}/s)", num(r.replayed_per_s))),
                 ms(r.lag.as_ref().map(|l| l.p99_ms)),
+                ms(r.lag.as_ref().map(|l| l.max_ms)),
                 r.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0} MB")),
             ]);
         }
@@ -381,8 +392,10 @@ impl BenchReport {
              copy to the swapped tables; *lock* is how long swivel's cut-over held the blocking \
              lock; write latencies run from when each write was due to when it finished, so a \
              write queued behind a blocked one counts its wait; *max at swap* is the longest \
-             write in flight during the cut-over; *lag* is swivel's replication lag, sampled \
-             every 100 ms; *RSS* is swivel's peak resident memory.\n",
+             write in flight during the cut-over; *replayed* counts the row changes swivel \
+             replayed on the shadow table, per second from the copy's start to the swap; *lag* \
+             is swivel's replication lag, sampled every 100 ms; *RSS* is swivel's peak resident \
+             memory.\n",
         );
         if let Some(chart) = chart {
             let _ = writeln!(out, "\n![write latency and throughput]({chart})");
