@@ -182,6 +182,10 @@ pub trait Backend {
     ) -> Result<std::result::Result<Duration, String>>;
     /// In the view: the chunk of about `rows` source rows after `after`, compared.
     async fn checksum_chunk(&mut self, after: Option<&Key>, rows: u64) -> Result<ChunkCheck>;
+    /// In the view: the rows that differ within `range` (a chunk found unequal), each as the
+    /// narrowest range that holds its key (from the key before it on either side), so that
+    /// only those rows are copied again under the lock. Logs what differs.
+    async fn checksum_differences(&mut self, range: &KeyRange) -> Result<Vec<KeyRange>>;
     /// Close the view (its snapshot holds back vacuum / purge).
     async fn checksum_end(&mut self) -> Result<()>;
     /// Copy `ranges` again with writes kept off the table and the applier drained, then

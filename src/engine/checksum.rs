@@ -20,6 +20,8 @@ const MAX_CHUNK: u64 = 100_000;
 /// More differing chunks than this is not a stray row but a fault: refuse rather than hold
 /// the table's writes for a long repair.
 const MAX_REPAIRED_CHUNKS: usize = 100;
+/// A chunk with more differing rows than this is copied again whole.
+const MAX_NARROWED_ROWS: usize = 1000;
 
 /// What the checksum did, for the final report.
 #[derive(Clone, Debug, Default)]
@@ -69,18 +71,18 @@ pub async fn run<B: Backend>(
     let differing = compared?;
     closed?;
     if !differing.is_empty() {
-        if differing.len() > MAX_REPAIRED_CHUNKS {
+        if report.repaired > MAX_REPAIRED_CHUNKS as u64 {
             return Err(Error::Checksum(format!(
                 "{} chunks differ between the table and the shadow table (the first after key \
                  {}); that is no stray row: cut-over refused, both tables are left as they are",
-                differing.len(),
+                report.repaired,
                 describe(&differing[0])
             )));
         }
-        report.repaired = differing.len() as u64;
         progress.checksum_repaired.store(report.repaired, Relaxed);
         eprintln_above(&format!(
-            "swivel: checksum: {} chunk(s) differ; copying them again",
+            "swivel: checksum: {} chunk(s) differ ({} key range(s)); copying them again",
+            report.repaired,
             differing.len()
         ));
         let mut attempt = 0;
@@ -149,10 +151,19 @@ async fn compare<B: Backend>(
                 "checksum: the chunk after key {} differs",
                 after.as_ref().map_or("(start)".into(), key_text)
             );
-            differing.push(KeyRange {
+            let range = KeyRange {
                 after: after.clone(),
                 upto: chunk.upto.clone(),
-            });
+            };
+            // Copy again only the rows that differ, so writes wait on the repair for a few
+            // rows rather than a whole chunk (a 94,000-row chunk held them 20 s at 10M rows).
+            report.repaired += 1;
+            let rows = backend.checksum_differences(&range).await?;
+            if rows.is_empty() || rows.len() > MAX_NARROWED_ROWS {
+                differing.push(range);
+            } else {
+                differing.extend(rows);
+            }
         }
         match chunk.upto {
             Some(k) => after = Some(k),
@@ -161,7 +172,8 @@ async fn compare<B: Backend>(
     }
 }
 
-fn key_text(key: &crate::engine::watermark::Key) -> String {
+/// A key as `(1, abc)`, for messages.
+pub fn key_text(key: &crate::engine::watermark::Key) -> String {
     let parts: Vec<String> = key.iter().map(|p| p.to_sql_text()).collect();
     format!("({})", parts.join(", "))
 }

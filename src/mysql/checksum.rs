@@ -175,6 +175,9 @@ pub async fn begin(
     if b.checksum_conn.is_none() {
         b.checksum_conn = Some(b.session("checksum").await?);
     }
+    if b.checksum_twin.is_none() {
+        b.checksum_twin = Some(b.session("checksum").await?);
+    }
     if b.marker_conn.is_none() {
         b.marker_conn = Some(b.session("marker").await?);
     }
@@ -185,16 +188,21 @@ pub async fn begin(
     let outcome = match drained_under(b, &mut locker, &lock, lock_timeout).await {
         Err(Retry::Because(why)) => Err(why),
         Ok(marker) => {
-            let opened = match b.checksum_conn.as_mut() {
-                Some(conn) => conn
-                    .query_drop(
-                        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
-                         START TRANSACTION WITH CONSISTENT SNAPSHOT",
-                    )
-                    .await
-                    .my_ctx("opening the checksum's snapshot"),
-                None => Err(Error::Stream("the checksum session is gone".into())),
-            };
+            // Both snapshots under the lock: the source cannot change between them.
+            let mut opened = Ok(());
+            for conn in [b.checksum_conn.as_mut(), b.checksum_twin.as_mut()] {
+                let one = match conn {
+                    Some(conn) => conn
+                        .query_drop(
+                            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                             START TRANSACTION WITH CONSISTENT SNAPSHOT",
+                        )
+                        .await
+                        .my_ctx("opening the checksum's snapshot"),
+                    None => Err(Error::Stream("the checksum session is gone".into())),
+                };
+                opened = opened.and(one);
+            }
             // Only a lock still held now proves no write slipped in before the snapshot.
             let held = locker.query_drop("DO 1").await.is_ok();
             let _ = locker.query_drop("UNLOCK TABLES").await;
@@ -255,27 +263,29 @@ fn hashing_of(b: &MyBackend) -> Result<Hashing> {
 pub async fn chunk(b: &mut MyBackend, after: Option<&Key>, rows: u64) -> Result<ChunkCheck> {
     let h = hashing_of(b)?;
     let (source, shadow) = (b.names.source(), b.names.shadow_q());
-    let conn = b
-        .checksum_conn
-        .as_mut()
-        .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
+    let (Some(conn), Some(twin)) = (b.checksum_conn.as_mut(), b.checksum_twin.as_mut()) else {
+        return Err(Error::Stream("the checksum's view is not open".into()));
+    };
     let upto = chunk_end_on(conn, &source, &h.source_key, after, rows).await?;
     let (source_cond, sp) = range(&h.source_key, after, upto.as_ref());
     let (shadow_cond, dp) = range(&h.shadow_key, after, upto.as_ref());
-    let sql = format!(
-        "SELECT (SELECT COUNT(*) FROM {source} FORCE INDEX (PRIMARY) WHERE {source_cond}), \
-                (SELECT BIT_XOR({}) FROM {source} FORCE INDEX (PRIMARY) WHERE {source_cond}), \
-                (SELECT COUNT(*) FROM {shadow} FORCE INDEX (PRIMARY) WHERE {shadow_cond}), \
-                (SELECT BIT_XOR({}) FROM {shadow} FORCE INDEX (PRIMARY) WHERE {shadow_cond})",
-        h.source_row, h.shadow_row
-    );
-    // The source's condition appears twice, then the shadow's twice.
-    let all = [&sp[..], &sp[..], &dp[..], &dp[..]].concat();
-    let row: Option<(u64, u64, u64, u64)> = conn
-        .exec_first(sql, Params::Positional(all))
-        .await
-        .my_ctx("comparing a checksum chunk")?;
-    let (sn, sh, dn, dh) = row.unwrap_or_default();
+    // One scan per side, the two sides at once, one per session (snapshots opened together).
+    let sum = |table: &str, row: &str, cond: &str| {
+        format!("SELECT COUNT(*), BIT_XOR({row}) FROM {table} FORCE INDEX (PRIMARY) WHERE {cond}")
+    };
+    // Each side: its row count and the XOR of its row hashes.
+    let (s, d) = tokio::try_join!(
+        conn.exec_first::<(u64, u64), _, _>(
+            sum(&source, &h.source_row, &source_cond),
+            Params::Positional(sp)
+        ),
+        twin.exec_first::<(u64, u64), _, _>(
+            sum(&shadow, &h.shadow_row, &shadow_cond),
+            Params::Positional(dp)
+        ),
+    )
+    .my_ctx("comparing a checksum chunk")?;
+    let ((sn, sh), (dn, dh)) = (s.unwrap_or_default(), d.unwrap_or_default());
     Ok(ChunkCheck {
         upto,
         rows: sn,
@@ -283,8 +293,101 @@ pub async fn chunk(b: &mut MyBackend, after: Option<&Key>, rows: u64) -> Result<
     })
 }
 
+/// In the view: the rows of `range` whose hashes differ (or that one side lacks), each as the
+/// range from the key before it, on either side, up to its key. The first few are logged with
+/// both sides' rows.
+pub async fn differences(b: &mut MyBackend, range: &KeyRange) -> Result<Vec<KeyRange>> {
+    let h = hashing_of(b)?;
+    let (source, shadow) = (b.names.source(), b.names.shadow_q());
+    let conn = b
+        .checksum_conn
+        .as_mut()
+        .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
+    let sides = [
+        (&h.source_key, &h.source_row, &source),
+        (&h.shadow_key, &h.shadow_row, &shadow),
+    ];
+    // Key → (source hash, shadow hash), in key order.
+    let mut rows: BTreeMap<Key, [Option<u64>; 2]> = BTreeMap::new();
+    for (side, (keys, hash, table)) in sides.into_iter().enumerate() {
+        let (cond, params) = range_of(keys, range);
+        let quoted: Vec<String> = keys.iter().map(|k| quote_ident(k)).collect();
+        let found: Vec<mysql_async::Row> = conn
+            .exec(
+                format!(
+                    "SELECT {}, {hash} FROM {table} FORCE INDEX (PRIMARY) WHERE {cond}",
+                    quoted.join(", ")
+                ),
+                Params::Positional(params),
+            )
+            .await
+            .my_ctx("comparing a differing chunk row by row")?;
+        for mut r in found {
+            let key = (0..keys.len())
+                .map(|i| {
+                    r.take::<mysql_async::Value, _>(i)
+                        .as_ref()
+                        .and_then(super::values::key_part)
+                        .ok_or_else(|| Error::Stream("a key value the checksum cannot read".into()))
+                })
+                .collect::<Result<Key>>()?;
+            rows.entry(key).or_default()[side] = r.take::<Option<u64>, _>(keys.len()).flatten();
+        }
+    }
+    let mut out = Vec::new();
+    let mut before = range.after.clone();
+    for (key, [s, d]) in rows {
+        if s != d {
+            out.push(KeyRange {
+                after: before.clone(),
+                upto: Some(key.clone()),
+            });
+        }
+        before = Some(key);
+    }
+    for r in out.iter().take(5) {
+        let mut shown = Vec::new();
+        for (keys, table) in [(&h.source_key, &source), (&h.shadow_key, &shadow)] {
+            let (cond, params) = range_of(keys, r);
+            let quoted: Vec<String> = keys
+                .iter()
+                .map(|k| format!("{} DESC", quote_ident(k)))
+                .collect();
+            let row: Option<mysql_async::Row> = conn
+                .exec_first(
+                    format!(
+                        "SELECT * FROM {table} WHERE {cond} ORDER BY {} LIMIT 1",
+                        quoted.join(", ")
+                    ),
+                    Params::Positional(params),
+                )
+                .await
+                .my_ctx("reading a differing row")?;
+            shown.push(row.map_or("(none)".to_string(), |row| {
+                format!("{:?}", row.unwrap()).chars().take(300).collect()
+            }));
+        }
+        tracing::warn!(
+            "checksum: the row with key {} differs: source {}, shadow {}",
+            r.upto
+                .as_ref()
+                .map_or("(end)".into(), crate::engine::checksum::key_text),
+            shown[0],
+            shown[1]
+        );
+    }
+    Ok(out)
+}
+
+fn range_of(keys: &[String], r: &KeyRange) -> (String, Vec<mysql_async::Value>) {
+    range(keys, r.after.as_ref(), r.upto.as_ref())
+}
+
 pub async fn end(b: &mut MyBackend) -> Result<()> {
-    if let Some(conn) = b.checksum_conn.as_mut() {
+    for conn in [b.checksum_conn.as_mut(), b.checksum_twin.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         conn.query_drop("ROLLBACK")
             .await
             .my_ctx("closing the checksum's snapshot")?;

@@ -151,6 +151,9 @@ pub struct MyBackend {
     markers: u64,
     /// The checksum's snapshot session, and its hash expressions.
     checksum_conn: Option<Conn>,
+    /// A second snapshot, opened under the same lock: the shadow is hashed there while the
+    /// source is hashed on `checksum_conn`.
+    checksum_twin: Option<Conn>,
     hashing: Option<checksum::Hashing>,
     /// `--resume`: the checkpoint the plan read and checked.
     resume: Option<Checkpoint>,
@@ -195,6 +198,7 @@ impl MyBackend {
             // Above every marker an interrupted run wrote: a resumed stream replays those.
             markers: crate::engine::replay::now_micros(),
             checksum_conn: None,
+            checksum_twin: None,
             hashing: None,
             resume: None,
         })
@@ -364,6 +368,10 @@ impl Backend for MyBackend {
 
     async fn checksum_chunk(&mut self, after: Option<&Key>, rows: u64) -> Result<ChunkCheck> {
         checksum::chunk(self, after, rows).await
+    }
+
+    async fn checksum_differences(&mut self, range: &KeyRange) -> Result<Vec<KeyRange>> {
+        checksum::differences(self, range).await
     }
 
     async fn checksum_end(&mut self) -> Result<()> {

@@ -22,6 +22,8 @@ pub struct Hashing {
     shadow_row: String,
     /// The shadow's key columns in the source's order (renames applied).
     shadow_key: String,
+    /// Each of them, as text in the source's key type.
+    shadow_key_texts: Vec<String>,
     /// The key as one text value, on each side (for listing the rows that differ).
     source_key_text: String,
     shadow_key_text: String,
@@ -77,6 +79,10 @@ async fn hashing(b: &PgBackend) -> Result<Hashing> {
         source_row: format!("hashtextextended(ROW({})::text, 0)", source_cols.join(", ")),
         shadow_row: format!("hashtextextended(ROW({})::text, 0)", shadow_cols.join(", ")),
         shadow_key: format!("({})", shadow_key.join(", ")),
+        shadow_key_texts: shadow_key_cast
+            .iter()
+            .map(|c| format!("{c}::text"))
+            .collect(),
         source_key_text: format!("ROW{}::text", table.key_list()),
         shadow_key_text: format!("ROW({})::text", shadow_key_cast.join(", ")),
     })
@@ -126,6 +132,30 @@ pub async fn begin(
     };
     let _ = locker.batch_execute("ROLLBACK").await;
     let outcome = outcome.map(|_| requested.elapsed());
+    if outcome.is_ok() {
+        // The twin imports the snapshot: it sees exactly what `snapshot` sees. (After the lock:
+        // the snapshot is fixed already, and the application's writes need not wait for this.)
+        let id: String = snapshot
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .ctx("exporting the checksum's snapshot")?
+            .get(0);
+        let twin = match b.checksum_twin.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let (c, pid) = b.target.connect("checksum").await?;
+                b.pids.push(pid);
+                c
+            }
+        };
+        twin.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            super::quote_literal(&id)
+        ))
+        .await
+        .ctx("importing the checksum's snapshot")?;
+        b.checksum_twin = Some(twin);
+    }
     b.checksum_session = Some(snapshot);
     Ok(outcome)
 }
@@ -228,24 +258,35 @@ async fn sums(b: &PgBackend, session: &Client, range: &KeyRange) -> Result<(Stri
         .as_ref()
         .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
     let names = b.names()?;
-    let mut values = Vec::new();
-    let source_filter = range_filter(b, &b.table()?.key_list(), range, &mut values)?;
-    let shadow_filter = range_filter(b, &h.shadow_key, range, &mut values)?;
-    let sql = format!(
-        "SELECT s.n::text, s.h, d.n::text, d.h
-         FROM (SELECT count(*) AS n, {} AS h FROM ONLY {} {source_filter}) s,
-              (SELECT count(*) AS n, {} AS h FROM ONLY {} {shadow_filter}) d",
+    let twin = b
+        .checksum_twin
+        .as_ref()
+        .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
+    let (mut source_values, mut shadow_values) = (Vec::new(), Vec::new());
+    let source_filter = range_filter(b, &b.table()?.key_list(), range, &mut source_values)?;
+    let shadow_filter = range_filter(b, &h.shadow_key, range, &mut shadow_values)?;
+    let source_sql = format!(
+        "SELECT count(*)::text, {} FROM ONLY {} {source_filter}",
         sum_of(&h.source_row),
         names.source(),
+    );
+    let shadow_sql = format!(
+        "SELECT count(*)::text, {} FROM ONLY {} {shadow_filter}",
         sum_of(&h.shadow_row),
         names.shadow_q(),
     );
-    let row = session
-        .query_one(&sql, &super::text_params(&values))
-        .await
-        .ctx("comparing a checksum chunk")?;
+    // One side per session, at once: each scan is one server process's work.
+    let (source_params, shadow_params) = (
+        super::text_params(&source_values),
+        super::text_params(&shadow_values),
+    );
+    let (s, d) = tokio::try_join!(
+        session.query_one(&source_sql, &source_params),
+        twin.query_one(&shadow_sql, &shadow_params),
+    )
+    .ctx("comparing a checksum chunk")?;
     let (sn, sh, dn, dh): (String, String, String, String) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+        (s.get(0), s.get(1), d.get(0), d.get(1));
     Ok((
         format!("{sn}:{sh}"),
         format!("{dn}:{dh}"),
@@ -253,8 +294,105 @@ async fn sums(b: &PgBackend, session: &Client, range: &KeyRange) -> Result<(Stri
     ))
 }
 
+/// In the view: the rows of `range` whose hashes differ (or that one side lacks), each as the
+/// range from the key before it, on either side, up to its key. The first few are logged with
+/// both sides' rows.
+pub async fn differences(b: &PgBackend, range: &KeyRange) -> Result<Vec<KeyRange>> {
+    let session = b
+        .checksum_session
+        .as_ref()
+        .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
+    let h = b
+        .hashing
+        .as_ref()
+        .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
+    let (table, names) = (b.table()?, b.names()?);
+    let source_keys: Vec<String> = table
+        .key
+        .iter()
+        .map(|k| format!("{}::text", quote_ident(&k.name)))
+        .collect();
+    let sides = [
+        (
+            &source_keys,
+            &h.source_row,
+            names.source(),
+            table.key_list(),
+        ),
+        (
+            &h.shadow_key_texts,
+            &h.shadow_row,
+            names.shadow_q(),
+            h.shadow_key.clone(),
+        ),
+    ];
+    // Key → (source hash, shadow hash), in key order.
+    let mut rows: std::collections::BTreeMap<Key, [Option<String>; 2]> = Default::default();
+    for (side, (keys, hash, from, key_list)) in sides.into_iter().enumerate() {
+        let mut values = Vec::new();
+        let filter = range_filter(b, &key_list, range, &mut values)?;
+        let found = session
+            .query(
+                &format!(
+                    "SELECT {}, {hash}::text FROM ONLY {from} {filter}",
+                    keys.join(", ")
+                ),
+                &super::text_params(&values),
+            )
+            .await
+            .ctx("comparing a differing chunk row by row")?;
+        for r in found {
+            let texts: Vec<String> = (0..keys.len()).map(|i| r.get(i)).collect();
+            let key = table.parse_key(texts.iter().map(String::as_str))?;
+            rows.entry(key).or_default()[side] = Some(r.get(keys.len()));
+        }
+    }
+    let mut out = Vec::new();
+    let mut before = range.after.clone();
+    for (key, [source, shadow]) in rows {
+        if source != shadow {
+            out.push(KeyRange {
+                after: before.clone(),
+                upto: Some(key.clone()),
+            });
+        }
+        before = Some(key);
+    }
+    for r in out.iter().take(5) {
+        let mut shown = Vec::new();
+        for (key_list, from) in [
+            (table.key_list(), names.source()),
+            (h.shadow_key.clone(), names.shadow_q()),
+        ] {
+            let mut values = Vec::new();
+            let filter = range_filter(b, &key_list, r, &mut values)?;
+            let row: Option<String> = session
+                .query_opt(
+                    &format!("SELECT ROW(t.*)::text FROM ONLY {from} t {filter} ORDER BY {key_list} DESC LIMIT 1"),
+                    &super::text_params(&values),
+                )
+                .await
+                .ctx("reading a differing row")?
+                .map(|row| row.get(0));
+            shown.push(row.map_or("(none)".to_string(), |t| t.chars().take(300).collect()));
+        }
+        tracing::warn!(
+            "checksum: the row with key {} differs: source {}, shadow {}",
+            r.upto
+                .as_ref()
+                .map_or("(end)".into(), crate::engine::checksum::key_text),
+            shown[0],
+            shown[1]
+        );
+    }
+    Ok(out)
+}
+
 pub async fn end(b: &mut PgBackend) -> Result<()> {
-    if let Some(session) = &b.checksum_session {
+    for session in [&b.checksum_session, &b.checksum_twin]
+        .into_iter()
+        .flatten()
+    {
         if !session.is_closed() {
             session
                 .batch_execute("ROLLBACK")

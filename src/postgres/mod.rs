@@ -140,8 +140,10 @@ pub struct PgBackend {
     cutover_sessions: Option<(Arc<Client>, Arc<Client>)>,
     /// The last stream marker emitted (cut-over and checksum drains share the sequence).
     markers: u64,
-    /// The checksum's snapshot session, and its hash expressions.
+    /// The checksum's snapshot session, a second one sharing its snapshot (the source and the
+    /// shadow are hashed at once, one per session), and its hash expressions.
     checksum_session: Option<Client>,
+    checksum_twin: Option<Client>,
     hashing: Option<checksum::Hashing>,
 }
 
@@ -187,6 +189,7 @@ impl PgBackend {
             // Above every marker an interrupted run wrote: a resumed stream replays those.
             markers: crate::engine::replay::now_micros(),
             checksum_session: None,
+            checksum_twin: None,
             hashing: None,
         })
     }
@@ -392,6 +395,10 @@ impl Backend for PgBackend {
 
     async fn checksum_chunk(&mut self, after: Option<&Key>, rows: u64) -> Result<ChunkCheck> {
         checksum::chunk(self, after, rows).await
+    }
+
+    async fn checksum_differences(&mut self, range: &KeyRange) -> Result<Vec<KeyRange>> {
+        checksum::differences(self, range).await
     }
 
     async fn checksum_end(&mut self) -> Result<()> {
