@@ -329,6 +329,8 @@ async fn create(db: &mut Db, server: Server, table: &str, composite: bool) {
              FROM generate_series(1, {ROWS}) g;
              CREATE TABLE {twin} (LIKE {table} INCLUDING ALL);
              INSERT INTO {twin} SELECT * FROM {table};
+             ALTER TABLE {table} SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05, toast.autovacuum_enabled = false);
+             ALTER TABLE {twin} SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05, toast.autovacuum_enabled = false);
              ANALYZE {table};"
         ),
         Server::MariaDb => format!(
@@ -546,6 +548,18 @@ async fn schema(db: &mut Db, server: Server, table: &str) -> Vec<Vec<Option<Stri
     let mut out = db.rows(&columns).await;
     out.push(vec![Some("-- indexes".into())]);
     out.extend(db.rows(&indexes).await);
+    if server == Server::Postgres {
+        // Storage parameters, the table's and its TOAST table's: the offline ALTER keeps them.
+        out.push(vec![Some("-- storage parameters".into())]);
+        out.extend(
+            db.rows(&format!(
+                "SELECT array_to_string(c.reloptions, ','), array_to_string(t.reloptions, ',')
+                 FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
+                 WHERE c.oid = '{table}'::regclass"
+            ))
+            .await,
+        );
+    }
     out
 }
 
@@ -608,6 +622,17 @@ async fn differential_keyed(
         schema(&mut db, server, &twin).await,
         "{server:?} {case}: columns or indexes differ from the offline ALTER's"
     );
+    if server == Server::Postgres {
+        let stats = db
+            .number(&format!(
+                "SELECT count(*) FROM pg_stats WHERE schemaname = current_schema() AND tablename = '{table}'"
+            ))
+            .await;
+        assert!(
+            stats > 0,
+            "{server:?} {case}: the new table has no statistics for the planner"
+        );
+    }
     let list = select_list(&mut db, server, &table, skip).await;
     let differ = |a: &str, b: &str| {
         format!("SELECT count(*) FROM (SELECT {list} FROM {a} EXCEPT ALL SELECT {list} FROM {b}) x")

@@ -217,6 +217,9 @@ async fn swap_statements(client: &Client, b: &PgBackend, names: &Names) -> Resul
         }
     }
 
+    // Autovacuum was off on the shadow during the copy; the new table has the source's setting.
+    sql.extend(super::shadow::autovacuum_as_source(client, names).await?);
+
     // The shadow carries swivel's marker comment: the new table gets the source's back.
     let comment: Option<String> = client
         .query_one("SELECT obj_description($1, 'pg_class')", &[&table.oid])

@@ -94,6 +94,7 @@ pub async fn build(
         ))
         .await
         .ctx(format!("creating the shadow table {shadow}"))?;
+    carry_storage_parameters(client, names).await?;
     let before = storage(client, &shadow).await?;
     client
         .batch_execute(&format!("ALTER TABLE {shadow} {}", alter.actions))
@@ -111,6 +112,70 @@ pub async fn build(
         })?;
     let rewrote = rewritten(&before, &storage(client, &shadow).await?);
     mapping(client, names, table, alter, rewrote).await
+}
+
+/// The source's storage parameters (fillfactor, autovacuum settings, …), which `LIKE` does not
+/// copy: the offline ALTER keeps them. Then autovacuum is switched off on the shadow until the
+/// swap ([`autovacuum_as_source`]): started by the copy's millions of inserts, it would hold a
+/// lock every cut-over attempt waits behind (and it only yields to a lock request after
+/// deadlock_timeout, longer than an attempt's lock timeout).
+async fn carry_storage_parameters(client: &Client, names: &Names) -> Result<()> {
+    let (heap, toast, shadow_has_toast) = storage_parameters(client, names).await?;
+    let autovacuum = |o: &String| o.starts_with("autovacuum_enabled=");
+    let mut options: Vec<String> = heap.into_iter().filter(|o| !autovacuum(o)).collect();
+    options.push("autovacuum_enabled=false".into());
+    if shadow_has_toast {
+        options.extend(
+            toast
+                .iter()
+                .filter(|o| !autovacuum(o))
+                .map(|o| format!("toast.{o}")),
+        );
+        options.push("toast.autovacuum_enabled=false".into());
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {} SET ({})",
+            names.shadow_q(),
+            options.join(", ")
+        ))
+        .await
+        .ctx("setting the shadow table's storage parameters")
+}
+
+/// The source's storage parameters, its TOAST table's, and whether the shadow has a TOAST table.
+async fn storage_parameters(
+    client: &Client,
+    names: &Names,
+) -> Result<(Vec<String>, Vec<String>, bool)> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(c.reloptions, '{}'), coalesce(t.reloptions, '{}'), s.reltoastrelid <> 0
+             FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid, pg_class s
+             WHERE c.oid = $1::text::regclass AND s.oid = $2::text::regclass",
+            &[&names.source(), &names.shadow_q()],
+        )
+        .await
+        .ctx("reading the table's storage parameters")?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// For the swap: the shadow's autovacuum as the source has it (set explicitly, or not).
+pub async fn autovacuum_as_source(client: &Client, names: &Names) -> Result<Vec<String>> {
+    let (heap, toast, shadow_has_toast) = storage_parameters(client, names).await?;
+    let shadow = names.shadow_q();
+    let restore = |options: &[String], name: &str| match options
+        .iter()
+        .find_map(|o| o.strip_prefix("autovacuum_enabled="))
+    {
+        Some(v) => format!("ALTER TABLE {shadow} SET ({name}={v})"),
+        None => format!("ALTER TABLE {shadow} RESET ({name})"),
+    };
+    let mut sql = vec![restore(&heap, "autovacuum_enabled")];
+    if shadow_has_toast {
+        sql.push(restore(&toast, "toast.autovacuum_enabled"));
+    }
+    Ok(sql)
 }
 
 /// How the source's rows map onto the (altered) shadow table; `rewrote` is what altering it
@@ -342,7 +407,13 @@ pub async fn build_deferred_indexes(b: &mut PgBackend) -> Result<()> {
             .await
             .ctx(format!("building a deferred index: {definition}"))?;
     }
-    Ok(())
+    // The new table's statistics, so that the planner knows it from the swap on (autovacuum is
+    // off on the shadow until then). It does not block the applier's writes.
+    let shadow = b.names()?.shadow_q();
+    b.ctl
+        .batch_execute(&format!("ANALYZE {shadow}"))
+        .await
+        .ctx("analyzing the shadow table")
 }
 
 /// `--resume`: take up the shadow table the interrupted run made (its mapping was read by the
