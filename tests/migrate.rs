@@ -562,35 +562,6 @@ async fn interrupted_midway(server: Server) {
     drop_database(server, &name).await;
 }
 
-/// The same random write on `table` and its twin, in one transaction each, until `stop`.
-async fn writer(dsn: String, table: String, rows: i64, stop: Arc<AtomicBool>) -> u64 {
-    let mut db = Db::connect_to(&dsn).await;
-    let twin = format!("{table}_twin");
-    let (mut seed, mut done) = (0x9e37_79b9_u64, 0);
-    while !stop.load(Relaxed) {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let r = (seed >> 33) as i64 % rows + 1;
-        let fresh = 10_000_000 + done as i64;
-        let sql = match (seed >> 20) % 4 {
-            0 => format!("UPDATE {{T}} SET k = k + 1 WHERE id = {r}"),
-            1 => format!("DELETE FROM {{T}} WHERE id = {r}"),
-            2 => format!("INSERT INTO {{T}} (id, k) VALUES ({fresh}, {r})"),
-            _ => format!("UPDATE {{T}} SET id = {fresh} WHERE id = {r}"),
-        };
-        db.exec("BEGIN").await.unwrap();
-        let ok = db.exec(&sql.replace("{T}", &table)).await.is_ok()
-            && db.exec(&sql.replace("{T}", &twin)).await.is_ok();
-        db.exec(if ok { "COMMIT" } else { "ROLLBACK" })
-            .await
-            .unwrap();
-        done += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    done
-}
-
 async fn a_large_table_runs_online(server: Server) {
     const ROWS: i64 = 1_000_000;
     let name = format!("swivel_mig_online_{server:?}").to_lowercase();
@@ -630,7 +601,13 @@ async fn a_large_table_runs_online(server: Server) {
         ),
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let writes = tokio::spawn(writer(dsn.clone(), "big".into(), ROWS, stop.clone()));
+    let writes = tokio::spawn(common::twin_writer(
+        Db::connect_to(&dsn).await,
+        "big".into(),
+        ROWS,
+        Duration::from_millis(5),
+        stop.clone(),
+    ));
     // The writer's deletes take the table below 1,000,000 rows.
     let (ok, said) = migrate(
         &["up", "--execute", "--online-threshold", "900000"],

@@ -20,35 +20,6 @@ fn run_to_end(args: &[String], dir: &Path, name: &str) -> (bool, String) {
     (ok, common::output(dir, name))
 }
 
-/// The same random write on the table and its twin, in one transaction each, until `stop`.
-async fn writer(server: Server, table: String, stop: Arc<AtomicBool>) -> u64 {
-    let mut db = Db::connect(server).await;
-    let twin = format!("{table}_twin");
-    let (mut seed, mut done) = (0x2545_f491_u64, 0);
-    while !stop.load(Relaxed) {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let r = (seed >> 33) as i64 % ROWS + 1;
-        let fresh = 10_000_000 + done as i64;
-        let sql = match (seed >> 20) % 4 {
-            0 => format!("UPDATE {{T}} SET k = k + 1 WHERE id = {r}"),
-            1 => format!("DELETE FROM {{T}} WHERE id = {r}"),
-            2 => format!("INSERT INTO {{T}} (id, k) VALUES ({fresh}, {r})"),
-            _ => format!("UPDATE {{T}} SET id = {fresh} WHERE id = {r}"),
-        };
-        db.exec("BEGIN").await.unwrap();
-        let ok = db.exec(&sql.replace("{T}", &table)).await.is_ok()
-            && db.exec(&sql.replace("{T}", &twin)).await.is_ok();
-        db.exec(if ok { "COMMIT" } else { "ROLLBACK" })
-            .await
-            .unwrap();
-        done += 1;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    done
-}
-
 /// Where in the run the first swivel is killed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kill {
@@ -107,7 +78,13 @@ async fn killed_then_resumed(server: Server, when: Kill) {
         args
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let writes = tokio::spawn(writer(server, table.clone(), stop.clone()));
+    let writes = tokio::spawn(common::twin_writer(
+        Db::connect(server).await,
+        table.clone(),
+        ROWS,
+        Duration::from_millis(2),
+        stop.clone(),
+    ));
 
     // The first run: slowed down, killed once it has saved a checkpoint past some chunks, or
     // once it has caught up, or while it waits in cut-over.

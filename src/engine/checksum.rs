@@ -12,6 +12,7 @@ use crate::engine::backend::{backoff, Backend, KeyRange, Shared};
 use crate::engine::copy::ChunkTuner;
 use crate::engine::cutover::{name_and_force_blockers, wait_caught_up};
 use crate::engine::progress::Phase;
+use crate::engine::watermark::Key;
 use crate::error::{Error, Result};
 use crate::options::RunOptions;
 
@@ -172,6 +173,34 @@ async fn compare<B: Backend>(
     }
 }
 
+/// From each side's row hashes by key (source, shadow): one range per row that differs or
+/// that one side lacks, from the key before it on either side (or `after`) up to its key.
+pub fn differing_ranges<H: PartialEq>(
+    rows: std::collections::BTreeMap<Key, [Option<H>; 2]>,
+    after: Option<Key>,
+) -> Vec<KeyRange> {
+    let mut out = Vec::new();
+    let mut before = after;
+    for (key, [source, shadow]) in rows {
+        if source != shadow {
+            out.push(KeyRange {
+                after: before.clone(),
+                upto: Some(key.clone()),
+            });
+        }
+        before = Some(key);
+    }
+    out
+}
+
+/// Log one differing row (its range's upper key) with both sides' values as text.
+pub fn log_differing_row(range: &KeyRange, source: &str, shadow: &str) {
+    tracing::warn!(
+        "checksum: the row with key {} differs: source {source}, shadow {shadow}",
+        range.upto.as_ref().map_or("(end)".into(), key_text),
+    );
+}
+
 /// A key as `(1, abc)`, for messages.
 pub fn key_text(key: &crate::engine::watermark::Key) -> String {
     let parts: Vec<String> = key.iter().map(|p| p.to_sql_text()).collect();
@@ -180,4 +209,38 @@ pub fn key_text(key: &crate::engine::watermark::Key) -> String {
 
 fn describe(range: &KeyRange) -> String {
     range.after.as_ref().map_or("(start)".into(), key_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::watermark::KeyPart;
+
+    #[test]
+    fn each_differing_row_gets_the_range_from_the_key_before_it() {
+        let k = |i: i128| vec![KeyPart::Int(i)];
+        let rows = [
+            (k(3), [Some(1), Some(1)]),
+            (k(5), [Some(2), Some(9)]), // changed
+            (k(7), [Some(3), None]),    // missing from the shadow
+            (k(8), [Some(4), Some(4)]),
+            (k(9), [None, Some(5)]), // only in the shadow
+        ]
+        .into_iter()
+        .collect();
+        let got: Vec<(Option<Key>, Option<Key>)> = differing_ranges(rows, Some(k(1)))
+            .into_iter()
+            .map(|r| (r.after, r.upto))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(k(3)), Some(k(5))),
+                (Some(k(5)), Some(k(7))),
+                (Some(k(8)), Some(k(9))),
+            ]
+        );
+        let first = [(k(2), [Some(1), Some(2)])].into_iter().collect();
+        assert_eq!(differing_ranges(first, None)[0].after, None);
+    }
 }

@@ -761,13 +761,7 @@ impl Runner {
                 Err(e) => {
                     // A lost session has rolled back by itself.
                     let _ = self.session.execute("ROLLBACK").await;
-                    if lock_timed_out(&e) && attempt < self.opts.lock_retries {
-                        attempt += 1;
-                        println!(
-                            "  lock wait timed out; retrying ({attempt} of {})",
-                            self.opts.lock_retries
-                        );
-                        tokio::time::sleep(backoff(attempt)).await;
+                    if self.lock_retry(&e, &mut attempt).await {
                         continue;
                     }
                     return Err(e);
@@ -863,19 +857,28 @@ impl Runner {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     self.drop_new_invalid_indexes(how, &before).await?;
-                    if lock_timed_out(&e) && attempt < self.opts.lock_retries {
-                        attempt += 1;
-                        println!(
-                            "  lock wait timed out; retrying ({attempt} of {})",
-                            self.opts.lock_retries
-                        );
-                        tokio::time::sleep(backoff(attempt)).await;
+                    if self.lock_retry(&e, &mut attempt).await {
                         continue;
                     }
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// After `e`: whether to try again (a lock wait timed out, and attempts are left), once
+    /// backed off.
+    async fn lock_retry(&self, e: &Error, attempt: &mut u32) -> bool {
+        if !lock_timed_out(e) || *attempt >= self.opts.lock_retries {
+            return false;
+        }
+        *attempt += 1;
+        println!(
+            "  lock wait timed out; retrying ({attempt} of {})",
+            self.opts.lock_retries
+        );
+        tokio::time::sleep(backoff(*attempt)).await;
+        true
     }
 
     /// PostgreSQL's invalid indexes (a failed concurrent build leaves one).

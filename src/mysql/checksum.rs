@@ -334,17 +334,7 @@ pub async fn differences(b: &mut MyBackend, range: &KeyRange) -> Result<Vec<KeyR
             rows.entry(key).or_default()[side] = r.take::<Option<u64>, _>(keys.len()).flatten();
         }
     }
-    let mut out = Vec::new();
-    let mut before = range.after.clone();
-    for (key, [s, d]) in rows {
-        if s != d {
-            out.push(KeyRange {
-                after: before.clone(),
-                upto: Some(key.clone()),
-            });
-        }
-        before = Some(key);
-    }
+    let out = crate::engine::checksum::differing_ranges(rows, range.after.clone());
     for r in out.iter().take(5) {
         let mut shown = Vec::new();
         for (keys, table) in [(&h.source_key, &source), (&h.shadow_key, &shadow)] {
@@ -367,14 +357,7 @@ pub async fn differences(b: &mut MyBackend, range: &KeyRange) -> Result<Vec<KeyR
                 format!("{:?}", row.unwrap()).chars().take(300).collect()
             }));
         }
-        tracing::warn!(
-            "checksum: the row with key {} differs: source {}, shadow {}",
-            r.upto
-                .as_ref()
-                .map_or("(end)".into(), crate::engine::checksum::key_text),
-            shown[0],
-            shown[1]
-        );
+        crate::engine::checksum::log_differing_row(r, &shown[0], &shown[1]);
     }
     Ok(out)
 }

@@ -347,17 +347,7 @@ pub async fn differences(b: &PgBackend, range: &KeyRange) -> Result<Vec<KeyRange
             rows.entry(key).or_default()[side] = Some(r.get(keys.len()));
         }
     }
-    let mut out = Vec::new();
-    let mut before = range.after.clone();
-    for (key, [source, shadow]) in rows {
-        if source != shadow {
-            out.push(KeyRange {
-                after: before.clone(),
-                upto: Some(key.clone()),
-            });
-        }
-        before = Some(key);
-    }
+    let out = crate::engine::checksum::differing_ranges(rows, range.after.clone());
     for r in out.iter().take(5) {
         let mut shown = Vec::new();
         for (key_list, from) in [
@@ -376,14 +366,7 @@ pub async fn differences(b: &PgBackend, range: &KeyRange) -> Result<Vec<KeyRange
                 .map(|row| row.get(0));
             shown.push(row.map_or("(none)".to_string(), |t| t.chars().take(300).collect()));
         }
-        tracing::warn!(
-            "checksum: the row with key {} differs: source {}, shadow {}",
-            r.upto
-                .as_ref()
-                .map_or("(end)".into(), crate::engine::checksum::key_text),
-            shown[0],
-            shown[1]
-        );
+        crate::engine::checksum::log_differing_row(r, &shown[0], &shown[1]);
     }
     Ok(out)
 }

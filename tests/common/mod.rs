@@ -405,3 +405,39 @@ pub fn output(dir: &std::path::Path, name: &str) -> String {
     let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{name}.{ext}"))).unwrap();
     format!("{}{}", read("out"), read("err"))
 }
+
+/// The same random write on `table` and on `<table>_twin`, in one transaction each, every
+/// `pause`, until `stop`: updates, deletes, inserts and key changes over ids 1..=`rows`.
+/// Returns how many it made.
+pub async fn twin_writer(
+    mut db: Db,
+    table: String,
+    rows: i64,
+    pause: std::time::Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    let twin = format!("{table}_twin");
+    let (mut seed, mut done) = (0x2545_f491_u64, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let r = (seed >> 33) as i64 % rows + 1;
+        let fresh = 10_000_000 + done as i64;
+        let sql = match (seed >> 20) % 4 {
+            0 => format!("UPDATE {{T}} SET k = k + 1 WHERE id = {r}"),
+            1 => format!("DELETE FROM {{T}} WHERE id = {r}"),
+            2 => format!("INSERT INTO {{T}} (id, k) VALUES ({fresh}, {r})"),
+            _ => format!("UPDATE {{T}} SET id = {fresh} WHERE id = {r}"),
+        };
+        db.exec("BEGIN").await.unwrap();
+        let ok = db.exec(&sql.replace("{T}", &table)).await.is_ok()
+            && db.exec(&sql.replace("{T}", &twin)).await.is_ok();
+        db.exec(if ok { "COMMIT" } else { "ROLLBACK" })
+            .await
+            .unwrap();
+        done += 1;
+        tokio::time::sleep(pause).await;
+    }
+    done
+}
