@@ -132,30 +132,6 @@ pub async fn begin(
     };
     let _ = locker.batch_execute("ROLLBACK").await;
     let outcome = outcome.map(|_| requested.elapsed());
-    if outcome.is_ok() {
-        // The twin imports the snapshot: it sees exactly what `snapshot` sees. (After the lock:
-        // the snapshot is fixed already, and the application's writes need not wait for this.)
-        let id: String = snapshot
-            .query_one("SELECT pg_export_snapshot()", &[])
-            .await
-            .ctx("exporting the checksum's snapshot")?
-            .get(0);
-        let twin = match b.checksum_twin.take() {
-            Some(c) if !c.is_closed() => c,
-            _ => {
-                let (c, pid) = b.target.connect("checksum").await?;
-                b.pids.push(pid);
-                c
-            }
-        };
-        twin.batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            super::quote_literal(&id)
-        ))
-        .await
-        .ctx("importing the checksum's snapshot")?;
-        b.checksum_twin = Some(twin);
-    }
     b.checksum_session = Some(snapshot);
     Ok(outcome)
 }
@@ -258,35 +234,24 @@ async fn sums(b: &PgBackend, session: &Client, range: &KeyRange) -> Result<(Stri
         .as_ref()
         .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
     let names = b.names()?;
-    let twin = b
-        .checksum_twin
-        .as_ref()
-        .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
-    let (mut source_values, mut shadow_values) = (Vec::new(), Vec::new());
-    let source_filter = range_filter(b, &b.table()?.key_list(), range, &mut source_values)?;
-    let shadow_filter = range_filter(b, &h.shadow_key, range, &mut shadow_values)?;
-    let source_sql = format!(
-        "SELECT count(*)::text, {} FROM ONLY {} {source_filter}",
+    let mut values = Vec::new();
+    let source_filter = range_filter(b, &b.table()?.key_list(), range, &mut values)?;
+    let shadow_filter = range_filter(b, &h.shadow_key, range, &mut values)?;
+    let sql = format!(
+        "SELECT s.n::text, s.h, d.n::text, d.h
+         FROM (SELECT count(*) AS n, {} AS h FROM ONLY {} {source_filter}) s,
+              (SELECT count(*) AS n, {} AS h FROM ONLY {} {shadow_filter}) d",
         sum_of(&h.source_row),
         names.source(),
-    );
-    let shadow_sql = format!(
-        "SELECT count(*)::text, {} FROM ONLY {} {shadow_filter}",
         sum_of(&h.shadow_row),
         names.shadow_q(),
     );
-    // One side per session, at once: each scan is one server process's work.
-    let (source_params, shadow_params) = (
-        super::text_params(&source_values),
-        super::text_params(&shadow_values),
-    );
-    let (s, d) = tokio::try_join!(
-        session.query_one(&source_sql, &source_params),
-        twin.query_one(&shadow_sql, &shadow_params),
-    )
-    .ctx("comparing a checksum chunk")?;
+    let row = session
+        .query_one(&sql, &super::text_params(&values))
+        .await
+        .ctx("comparing a checksum chunk")?;
     let (sn, sh, dn, dh): (String, String, String, String) =
-        (s.get(0), s.get(1), d.get(0), d.get(1));
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     Ok((
         format!("{sn}:{sh}"),
         format!("{dn}:{dh}"),
@@ -372,10 +337,7 @@ pub async fn differences(b: &PgBackend, range: &KeyRange) -> Result<Vec<KeyRange
 }
 
 pub async fn end(b: &mut PgBackend) -> Result<()> {
-    for session in [&b.checksum_session, &b.checksum_twin]
-        .into_iter()
-        .flatten()
-    {
+    if let Some(session) = &b.checksum_session {
         if !session.is_closed() {
             session
                 .batch_execute("ROLLBACK")

@@ -52,7 +52,6 @@ pub async fn after_run(b: &mut PgBackend, succeeded: bool, keep_shadow: bool) ->
     }
     b.copier = None;
     b.checksum_session = None;
-    b.checksum_twin = None;
     let Some(names) = b.names.clone() else {
         return Ok(()); // the plan failed: nothing was created
     };

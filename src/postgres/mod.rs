@@ -140,10 +140,8 @@ pub struct PgBackend {
     cutover_sessions: Option<(Arc<Client>, Arc<Client>)>,
     /// The last stream marker emitted (cut-over and checksum drains share the sequence).
     markers: u64,
-    /// The checksum's snapshot session, a second one sharing its snapshot (the source and the
-    /// shadow are hashed at once, one per session), and its hash expressions.
+    /// The checksum's snapshot session, and its hash expressions.
     checksum_session: Option<Client>,
-    checksum_twin: Option<Client>,
     hashing: Option<checksum::Hashing>,
 }
 
@@ -189,7 +187,6 @@ impl PgBackend {
             // Above every marker an interrupted run wrote: a resumed stream replays those.
             markers: crate::engine::replay::now_micros(),
             checksum_session: None,
-            checksum_twin: None,
             hashing: None,
         })
     }
