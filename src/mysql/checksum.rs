@@ -175,7 +175,9 @@ pub async fn begin(
     if b.checksum_conn.is_none() {
         b.checksum_conn = Some(b.session("checksum").await?);
     }
-
+    if b.checksum_twin.is_none() {
+        b.checksum_twin = Some(b.session("checksum").await?);
+    }
     if b.marker_conn.is_none() {
         b.marker_conn = Some(b.session("marker").await?);
     }
@@ -186,16 +188,21 @@ pub async fn begin(
     let outcome = match drained_under(b, &mut locker, &lock, lock_timeout).await {
         Err(Retry::Because(why)) => Err(why),
         Ok(marker) => {
-            let opened = match b.checksum_conn.as_mut() {
-                Some(conn) => conn
-                    .query_drop(
-                        "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
-                         START TRANSACTION WITH CONSISTENT SNAPSHOT",
-                    )
-                    .await
-                    .my_ctx("opening the checksum's snapshot"),
-                None => Err(Error::Stream("the checksum session is gone".into())),
-            };
+            // Both snapshots under the lock: the source cannot change between them.
+            let mut opened = Ok(());
+            for conn in [b.checksum_conn.as_mut(), b.checksum_twin.as_mut()] {
+                let one = match conn {
+                    Some(conn) => conn
+                        .query_drop(
+                            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                             START TRANSACTION WITH CONSISTENT SNAPSHOT",
+                        )
+                        .await
+                        .my_ctx("opening the checksum's snapshot"),
+                    None => Err(Error::Stream("the checksum session is gone".into())),
+                };
+                opened = opened.and(one);
+            }
             // Only a lock still held now proves no write slipped in before the snapshot.
             let held = locker.query_drop("DO 1").await.is_ok();
             let _ = locker.query_drop("UNLOCK TABLES").await;
@@ -256,31 +263,28 @@ fn hashing_of(b: &MyBackend) -> Result<Hashing> {
 pub async fn chunk(b: &mut MyBackend, after: Option<&Key>, rows: u64) -> Result<ChunkCheck> {
     let h = hashing_of(b)?;
     let (source, shadow) = (b.names.source(), b.names.shadow_q());
-    let conn = b
-        .checksum_conn
-        .as_mut()
-        .ok_or_else(|| Error::Stream("the checksum's view is not open".into()))?;
+    let (Some(conn), Some(twin)) = (b.checksum_conn.as_mut(), b.checksum_twin.as_mut()) else {
+        return Err(Error::Stream("the checksum's view is not open".into()));
+    };
     let upto = chunk_end_on(conn, &source, &h.source_key, after, rows).await?;
     let (source_cond, sp) = range(&h.source_key, after, upto.as_ref());
     let (shadow_cond, dp) = range(&h.shadow_key, after, upto.as_ref());
-    // One scan per side: its row count and the XOR of its row hashes.
+    // One scan per side, the two sides at once, one per session (snapshots opened together).
     let sum = |table: &str, row: &str, cond: &str| {
         format!("SELECT COUNT(*), BIT_XOR({row}) FROM {table} FORCE INDEX (PRIMARY) WHERE {cond}")
     };
-    let s: Option<(u64, u64)> = conn
-        .exec_first(
+    // Each side: its row count and the XOR of its row hashes.
+    let (s, d) = tokio::try_join!(
+        conn.exec_first::<(u64, u64), _, _>(
             sum(&source, &h.source_row, &source_cond),
-            Params::Positional(sp),
-        )
-        .await
-        .my_ctx("comparing a checksum chunk")?;
-    let d: Option<(u64, u64)> = conn
-        .exec_first(
+            Params::Positional(sp)
+        ),
+        twin.exec_first::<(u64, u64), _, _>(
             sum(&shadow, &h.shadow_row, &shadow_cond),
-            Params::Positional(dp),
-        )
-        .await
-        .my_ctx("comparing a checksum chunk")?;
+            Params::Positional(dp)
+        ),
+    )
+    .my_ctx("comparing a checksum chunk")?;
     let ((sn, sh), (dn, dh)) = (s.unwrap_or_default(), d.unwrap_or_default());
     Ok(ChunkCheck {
         upto,
@@ -363,7 +367,10 @@ fn range_of(keys: &[String], r: &KeyRange) -> (String, Vec<mysql_async::Value>) 
 }
 
 pub async fn end(b: &mut MyBackend) -> Result<()> {
-    if let Some(conn) = b.checksum_conn.as_mut() {
+    for conn in [b.checksum_conn.as_mut(), b.checksum_twin.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         conn.query_drop("ROLLBACK")
             .await
             .my_ctx("closing the checksum's snapshot")?;

@@ -19,6 +19,7 @@ pub async fn after_run(b: &mut MyBackend, succeeded: bool, keep_shadow: bool) ->
     b.copier = None;
     b.marker_conn = None;
     b.checksum_conn = None;
+    b.checksum_twin = None;
     // A stop (Ctrl-C, panic) may have cut a statement on the control session short, which
     // leaves its protocol out of step (even a ping can pass and the next statement fail):
     // clean up on a fresh session.

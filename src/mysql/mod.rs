@@ -151,6 +151,9 @@ pub struct MyBackend {
     markers: u64,
     /// The checksum's snapshot session, and its hash expressions.
     checksum_conn: Option<Conn>,
+    /// A second snapshot, opened under the same lock: the shadow is hashed there while the
+    /// source is hashed on `checksum_conn`.
+    checksum_twin: Option<Conn>,
     hashing: Option<checksum::Hashing>,
     /// `--resume`: the checkpoint the plan read and checked.
     resume: Option<Checkpoint>,
@@ -195,6 +198,7 @@ impl MyBackend {
             // Above every marker an interrupted run wrote: a resumed stream replays those.
             markers: crate::engine::replay::now_micros(),
             checksum_conn: None,
+            checksum_twin: None,
             hashing: None,
             resume: None,
         })
