@@ -56,14 +56,16 @@ pub fn classify(sql: &str, server: Server) -> Result<Kind> {
             let sql = match server {
                 Server::Postgres if index.concurrently => sql.to_string(),
                 Server::Postgres => add_concurrently(dialect.as_ref(), sql)?,
-                Server::Mysql => {
-                    let upper = sql.to_ascii_uppercase();
-                    if upper.contains("ALGORITHM") || upper.contains("LOCK") {
-                        sql.to_string()
-                    } else {
-                        format!("{sql} ALGORITHM=INPLACE LOCK=NONE")
-                    }
+                // The statement's own ALGORITHM= or LOCK= stands (keywords, not a column
+                // named `clock`).
+                Server::Mysql
+                    if tokens(dialect.as_ref(), sql)?
+                        .iter()
+                        .any(|t| is_keyword(t, "ALGORITHM") || is_keyword(t, "LOCK")) =>
+                {
+                    sql.to_string()
                 }
+                Server::Mysql => format!("{sql} ALGORITHM=INPLACE LOCK=NONE"),
             };
             Ok(Kind::Index(sql))
         }
@@ -207,6 +209,22 @@ mod tests {
         assert_eq!(
             classify("CREATE INDEX i ON orders (k)", Server::Mysql).unwrap(),
             Kind::Index("CREATE INDEX i ON orders (k) ALGORITHM=INPLACE LOCK=NONE".into())
+        );
+        assert_eq!(
+            classify("CREATE INDEX i ON t (clock)", Server::Mysql).unwrap(),
+            Kind::Index("CREATE INDEX i ON t (clock) ALGORITHM=INPLACE LOCK=NONE".into())
+        );
+        assert_eq!(
+            classify("CREATE INDEX i ON t (k) LOCK=SHARED", Server::Mysql).unwrap(),
+            Kind::Index("CREATE INDEX i ON t (k) LOCK=SHARED".into())
+        );
+        assert_eq!(
+            classify("DROP INDEX IF EXISTS i", Server::Postgres).unwrap(),
+            Kind::Index("DROP INDEX CONCURRENTLY IF EXISTS i".into())
+        );
+        assert_eq!(
+            classify("DROP INDEX i CASCADE", Server::Postgres).unwrap(),
+            Kind::Other
         );
         assert_eq!(
             classify("BEGIN", Server::Postgres).unwrap(),
