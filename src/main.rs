@@ -236,7 +236,11 @@ struct EngineArgs {
     /// Time each chunk should take, e.g. 500ms.
     #[arg(long, default_value = "500ms", value_parser = duration)]
     target_chunk_time: Duration,
-    /// Upper bound on rows copied per second.
+    /// Chunks copied at once, each in a session of its own (Spirit's --threads). More than the
+    /// server's spare cores only adds contention.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    threads: u64,
+    /// Upper bound on rows copied per second, over all threads.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_rows_per_second: Option<u32>,
     /// Row changes the applier writes per batch.
@@ -638,6 +642,7 @@ impl EngineArgs {
     fn apply(self, opts: &mut RunOptions) -> anyhow::Result<()> {
         opts.announce = true;
         opts.chunk_size = self.chunk_size;
+        opts.threads = self.threads as usize;
         opts.knobs.target_chunk_time = self.target_chunk_time;
         opts.max_rows_per_second = self.max_rows_per_second;
         opts.knobs.dml_batch_size = self.dml_batch_size as usize;

@@ -19,6 +19,8 @@ pub struct RunOptions {
     pub execute: bool,
     /// Rows in the first chunk.
     pub chunk_size: u64,
+    /// Copiers working at once, on disjoint chunks (`--threads`).
+    pub threads: usize,
     /// The steerable knobs' values at start; while the run goes, the live values are in
     /// [`crate::control::Steering`], which the socket and flag files change.
     pub knobs: Knobs,
@@ -67,6 +69,7 @@ impl RunOptions {
             alter: alter.into(),
             execute: false,
             chunk_size: 1000,
+            threads: 1,
             knobs: Knobs::default(),
             max_rows_per_second: None,
             cut_over_lock_timeout: Duration::from_secs(2),

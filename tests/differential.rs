@@ -590,10 +590,18 @@ async fn differential_keyed(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut opts = RunOptions::new(server.dsn(), &table, alter);
     opts.execute = true;
-    opts.chunk_size = 1000;
-    opts.knobs.target_chunk_time = Duration::from_millis(100);
-    // A couple of seconds of copy, so the writes meet every phase.
-    opts.max_rows_per_second = Some(10_000);
+    opts.threads = common::test_threads();
+    if opts.threads == 1 {
+        opts.chunk_size = 1000;
+        opts.knobs.target_chunk_time = Duration::from_millis(100);
+        // A couple of seconds of copy, so the writes meet every phase.
+        opts.max_rows_per_second = Some(10_000);
+    } else {
+        // Small chunks, unlimited: several are read at once, committing out of order, and the
+        // copy lasts long enough for the writes to meet it.
+        opts.chunk_size = 100;
+        opts.knobs.target_chunk_time = Duration::from_millis(20);
+    }
     opts.cut_over_lock_timeout = Duration::from_millis(500);
     opts.cut_over_retries = 30;
     let outcome = swivel::run(opts, std::future::pending()).await;

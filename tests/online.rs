@@ -468,6 +468,11 @@ async fn migrate_under_load(server: Server, seed: u64, rows: i64) {
 }
 
 async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
+    run_model_threads(server, seed, rows, fault, 1).await;
+}
+
+/// The model test with `threads` copiers: chunks in flight together commit out of order.
+async fn run_model_threads(server: Server, seed: u64, rows: i64, fault: Fault, threads: usize) {
     // Cut-over retries and their reasons show in a failing test's output.
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let table = format!("model_{seed}_{rows}");
@@ -518,6 +523,7 @@ async fn run_model(server: Server, seed: u64, rows: i64, fault: Fault) {
     let mut opts = RunOptions::new(server.dsn(), &table, alter);
     opts.execute = true;
     opts.chunk_size = 500;
+    opts.threads = threads;
     opts.knobs.target_chunk_time = Duration::from_millis(50);
     opts.cut_over_lock_timeout = Duration::from_millis(500);
     opts.cut_over_retries = 30;
@@ -758,6 +764,26 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_seed_21() {
+        run_model_threads(Server::Postgres, 21, 20_000, Fault::None, 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_seed_22() {
+        run_model_threads(Server::Postgres, 22, 20_000, Fault::None, 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_seed_23_with_200k_rows() {
+        run_model_threads(Server::Postgres, 23, 200_000, Fault::None, 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_copy_sessions_killed() {
+        run_model_threads(Server::Postgres, 24, 20_000, Fault::KillCopier, 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn cut_over_lock_killed_then_retried() {
         run_model(
             Server::Postgres,
@@ -831,6 +857,26 @@ mod mariadb {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn seed_4_with_200k_rows() {
         migrate_under_load(Server::MariaDb, 4, 200_000).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_seed_21() {
+        run_model_threads(Server::MariaDb, 21, 20_000, Fault::None, 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_seed_22() {
+        run_model_threads(Server::MariaDb, 22, 20_000, Fault::None, 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_seed_23_with_200k_rows() {
+        run_model_threads(Server::MariaDb, 23, 200_000, Fault::None, 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_copy_sessions_killed() {
+        run_model_threads(Server::MariaDb, 24, 20_000, Fault::KillCopier, 4).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

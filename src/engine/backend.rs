@@ -1,7 +1,7 @@
 //! What the pipeline needs from a database: one implementation per server family.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::control::throttler::Probe;
@@ -130,11 +130,52 @@ impl fmt::Display for Blocker {
     }
 }
 
+/// A session that copies chunks. It owns what it needs, so several copy at once while the
+/// run goes on with the backend.
+#[allow(async_fn_in_trait)]
+pub trait Copier {
+    /// Copy the rows with keys in (`after`, `upto`] into the shadow table; `discarded` are the
+    /// transactions whose changes the applier dropped for keys not yet copied: the chunk must
+    /// see them. `again`: an earlier try of this chunk lost its session and may have committed,
+    /// so the range's rows in the shadow are replaced. Returns the rows copied.
+    async fn copy_chunk(
+        &mut self,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+        discarded: &[u64],
+        again: bool,
+    ) -> Result<u64>;
+    /// The session was lost: open a new one.
+    async fn reopen(&mut self) -> Result<()>;
+}
+
+/// The ids of a run's sessions (PostgreSQL pids, MySQL connection ids), shared with the
+/// copiers that open their own: an interrupted run ends them all, and cut-over does not take
+/// them for blockers.
+#[derive(Clone, Debug, Default)]
+pub struct Sessions<T>(Arc<Mutex<Vec<T>>>);
+
+impl<T: Clone> Sessions<T> {
+    pub fn new(first: T) -> Self {
+        Sessions(Arc::new(Mutex::new(vec![first])))
+    }
+
+    pub fn push(&self, id: T) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+    }
+
+    pub fn list(&self) -> Vec<T> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// One backend, driven by [`crate::engine::migrate`] through plan → shadow → copy ∥ tail → cut-over.
 #[allow(async_fn_in_trait)]
 pub trait Backend {
     /// The throttler's readings of this server.
     type Probe: Probe;
+    /// A chunk-copying session; `--threads` of them copy at once.
+    type Copier: Copier;
 
     /// Inspect the table and the server, parse and try the ALTER; change nothing.
     async fn plan(&mut self) -> Result<PlanReport>;
@@ -143,21 +184,13 @@ pub trait Backend {
     async fn run_metadata_only(&mut self) -> Result<bool>;
     /// Create the shadow table and start tailing the change stream (before any chunk).
     async fn prepare(&mut self) -> Result<()>;
-    /// The key that ends a chunk of `rows` rows after `after` (None: the rest of the table).
+    /// The key that ends a chunk of `rows` rows after `after` (None: the rest of the table),
+    /// read in the session that finds the chunks.
     async fn chunk_end(&mut self, after: Option<&Key>, rows: u64) -> Result<Option<Key>>;
-    /// Copy the rows with keys in (`after`, `upto`] into the shadow table; `discarded` are the
-    /// transactions whose changes the applier dropped for keys not yet copied: the chunk must see
-    /// them. `again`: an earlier try of this chunk lost its session and may have committed, so
-    /// the range's rows in the shadow are replaced. Returns the rows copied.
-    async fn copy_chunk(
-        &mut self,
-        after: Option<&Key>,
-        upto: Option<&Key>,
-        discarded: &[u64],
-        again: bool,
-    ) -> Result<u64>;
-    /// The copy's session was lost: open a new one.
+    /// The session that finds the chunks was lost: open a new one.
     async fn reopen_copier(&mut self) -> Result<()>;
+    /// A session of its own that copies chunks, number `slot` of `--threads` (after `prepare`).
+    async fn open_copier(&mut self, slot: usize) -> Result<Self::Copier>;
     /// Every row is copied: build what the copy deferred (secondary indexes) before cut-over.
     async fn copy_done(&mut self) -> Result<()>;
     /// Fails if the change stream or the applier has failed.

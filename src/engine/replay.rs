@@ -238,14 +238,14 @@ mod tests {
         r.route(&k(5), "discarded", 1);
         assert!(r.idle());
         assert_eq!(
-            w.begin_chunk(Some(k(10))),
+            w.begin_chunk(None, Some(k(10))),
             vec![1],
             "the chunk learns of the discard"
         );
         r.route(&k(5), "held", 2);
         r.release_held();
         assert!(r.batch().is_empty(), "held until the chunk commits");
-        w.commit_chunk();
+        w.commit_chunk(&None, &[1]);
         r.route(&k(3), "applied", 3);
         assert_eq!(r.batch(), ["held", "applied"], "stream order is kept");
     }
@@ -253,10 +253,10 @@ mod tests {
     #[test]
     fn a_chunk_given_up_discards_its_held_changes_and_applies_the_rest() {
         let w = Arc::new(Watermark::new());
-        w.begin_chunk(Some(k(10)));
-        w.commit_chunk(); // keys up to 10 copied
+        w.begin_chunk(None, Some(k(10)));
+        w.commit_chunk(&None, &[]); // keys up to 10 copied
         let mut r = Router::new(w.clone());
-        w.begin_chunk(Some(k(20)));
+        w.begin_chunk(Some(k(10)), Some(k(20)));
         r.route(&k(15), "in the chunk", 7);
         r.route(&k(3), "due, behind it", 8);
         r.release_held();
@@ -264,7 +264,7 @@ mod tests {
             r.batch().is_empty(),
             "stream order holds the due change too"
         );
-        w.abandon_chunk();
+        w.abandon_chunk(&Some(k(10)));
         r.release_held();
         assert_eq!(
             r.batch(),
@@ -273,7 +273,7 @@ mod tests {
         );
         assert!(r.nothing_held());
         assert_eq!(
-            w.begin_chunk(Some(k(20))),
+            w.begin_chunk(Some(k(10)), Some(k(20))),
             vec![7],
             "the chunk read again must see the discarded transaction"
         );

@@ -33,7 +33,7 @@ pub async fn after_run(b: &mut MyBackend, succeeded: bool, keep_shadow: bool) ->
     let own = b.ctl.id();
     if !succeeded {
         // A session of ours may still hold a lock or wait in a rename: end them first.
-        for id in b.conn_ids.iter().filter(|&&id| id != own) {
+        for id in b.conn_ids.list().into_iter().filter(|&id| id != own) {
             let _ = b.ctl.query_drop(format!("KILL {id}")).await;
         }
     }

@@ -13,8 +13,12 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Value};
 
+use std::sync::Arc;
+
+use super::conn::MyTarget;
 use super::values::{key_param, key_part};
 use super::{quote_ident, MyBackend};
+use crate::engine::backend::{Copier, Sessions};
 use crate::engine::watermark::Key;
 use crate::error::{Error, MyContext, Result};
 
@@ -104,55 +108,95 @@ pub async fn chunk_end_on(
     Ok(Some(key))
 }
 
-pub async fn copy_chunk(
-    b: &mut MyBackend,
-    after: Option<&Key>,
-    upto: Option<&Key>,
-    discarded: &[u64],
-) -> Result<u64> {
-    let table = b.table()?;
-    let shadow = b.shadow()?;
-    let key_cols: Vec<String> = table.key_names().iter().map(|s| s.to_string()).collect();
-    let (cond, params) = range(&key_cols, after, upto);
-    let sql = format!(
-        "REPLACE INTO {} ({}) SELECT {} FROM {} FORCE INDEX (PRIMARY) WHERE {cond}",
-        b.names.shadow_q(),
-        shadow.target_list(),
-        shadow.source_list(&table.columns),
-        b.names.source(),
-    );
-    let barrier = format!(
-        "REPLACE INTO {} (id, hint, value) VALUES (3, 'barrier', 0)",
-        b.names.changelog_q()
-    );
-    let copier = b
-        .copier
-        .as_mut()
-        .ok_or_else(|| Error::Stream("the copier is not connected".into()))?;
-    if !discarded.is_empty() {
-        // The applier dropped changes to keys this or a later chunk reads. Their binlog events
-        // can arrive before InnoDB makes them visible; the server commits in binlog order, so
-        // once this later write commits, they are visible to the snapshot below.
-        copier
-            .query_drop(&barrier)
-            .await
-            .my_ctx("writing the copy barrier")?;
+/// A chunk-copying session (`--threads` of them).
+pub struct MyCopier {
+    conn: Conn,
+    target: MyTarget,
+    conn_ids: Sessions<u32>,
+    sql: Arc<ChunkSql>,
+}
+
+/// What every copier needs of the run.
+#[derive(Debug)]
+struct ChunkSql {
+    key_cols: Vec<String>,
+    /// `REPLACE INTO <shadow> (…) SELECT … FROM <source> FORCE INDEX (PRIMARY) WHERE `, to
+    /// which the range is added.
+    replace: String,
+    barrier: String,
+}
+
+impl MyCopier {
+    pub async fn open(b: &mut MyBackend) -> Result<Self> {
+        let table = b.table()?;
+        let shadow = b.shadow()?;
+        let sql = ChunkSql {
+            key_cols: table.key_names().iter().map(|s| s.to_string()).collect(),
+            replace: format!(
+                "REPLACE INTO {} ({}) SELECT {} FROM {} FORCE INDEX (PRIMARY) WHERE ",
+                b.names.shadow_q(),
+                shadow.target_list(),
+                shadow.source_list(&table.columns),
+                b.names.source(),
+            ),
+            barrier: format!(
+                "REPLACE INTO {} (id, hint, value) VALUES (3, 'barrier', 0)",
+                b.names.changelog_q()
+            ),
+        };
+        let conn = b.session("copy").await?;
+        Ok(MyCopier {
+            conn,
+            target: b.target.clone(),
+            conn_ids: b.conn_ids.clone(),
+            sql: Arc::new(sql),
+        })
     }
-    let mut tries = 0;
-    loop {
-        match copier
-            .exec_drop(&sql, Params::Positional(params.clone()))
-            .await
-            .my_ctx("copying a chunk")
-        {
-            Ok(()) => return Ok(copier.affected_rows()),
-            // The statement was rolled back whole: the range is still the chunk's to copy.
-            Err(e) if super::transient(&e) && tries < super::TRANSIENT_RETRIES => {
-                tries += 1;
-                tracing::debug!("copying a chunk again after: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10 * tries)).await;
+}
+
+impl Copier for MyCopier {
+    async fn reopen(&mut self) -> Result<()> {
+        self.conn = self.target.connect("copy").await?;
+        self.conn_ids.push(self.conn.id());
+        Ok(())
+    }
+
+    /// `again` needs nothing: REPLACE … SELECT replaces whatever an earlier try committed.
+    async fn copy_chunk(
+        &mut self,
+        after: Option<&Key>,
+        upto: Option<&Key>,
+        discarded: &[u64],
+        _again: bool,
+    ) -> Result<u64> {
+        let (cond, params) = range(&self.sql.key_cols, after, upto);
+        let sql = format!("{}{cond}", self.sql.replace);
+        let copier = &mut self.conn;
+        if !discarded.is_empty() {
+            // The applier dropped changes to keys this or a later chunk reads. Their binlog
+            // events can arrive before InnoDB makes them visible; the server commits in binlog
+            // order, so once this later write commits, they are visible to the snapshot below.
+            copier
+                .query_drop(&self.sql.barrier)
+                .await
+                .my_ctx("writing the copy barrier")?;
+        }
+        let mut tries = 0;
+        loop {
+            match copier
+                .exec_drop(&sql, Params::Positional(params.clone()))
+                .await
+                .my_ctx("copying a chunk")
+            {
+                Ok(()) => return Ok(copier.affected_rows()),
+                // The statement was rolled back whole: the range is still the chunk's to copy.
+                Err(e) if super::transient(&e) && tries < super::TRANSIENT_RETRIES => {
+                    tries += 1;
+                    tracing::debug!("copying a chunk again after: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10 * tries)).await;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
     }
 }

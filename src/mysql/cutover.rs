@@ -281,7 +281,7 @@ pub async fn blockers(b: &mut MyBackend) -> Result<Vec<Blocker>> {
         .exec(sql, (b.names.db.as_str(), b.names.table.as_str()))
         .await
         .my_ctx("listing the sessions that hold locks on the table")?;
-    let ours = b.conn_ids.clone();
+    let ours = b.conn_ids.list();
     Ok(rows
         .into_iter()
         .filter(|(id, ..)| !ours.iter().any(|o| u64::from(*o) == *id))

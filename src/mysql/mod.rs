@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::control::Steering;
 use crate::engine::backend::{
-    Attempt, Backend, Blocker, ChunkCheck, KeyRange, PlanReport, Repair, Shared,
+    Attempt, Backend, Blocker, ChunkCheck, KeyRange, PlanReport, Repair, Sessions, Shared,
 };
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::plan::{parse_alter, AlterSpec};
@@ -127,7 +127,7 @@ pub struct MyBackend {
     alter: AlterSpec,
     ctl: Conn,
     /// Connection ids of our sessions, to end them if the run is interrupted.
-    conn_ids: Vec<u32>,
+    conn_ids: Sessions<u32>,
     progress: Arc<Progress>,
     watermark: Arc<Watermark>,
     steering: Arc<Steering>,
@@ -174,7 +174,7 @@ impl MyBackend {
             None => (target.db().to_string(), opts.table.clone()),
         };
         let ctl = target.connect("ctl").await?;
-        let conn_ids = vec![ctl.id()];
+        let conn_ids = Sessions::new(ctl.id());
         Ok(MyBackend {
             target,
             opts,
@@ -259,6 +259,7 @@ impl MyBackend {
 
 impl Backend for MyBackend {
     type Probe = probe::MyProbe;
+    type Copier = copy::MyCopier;
 
     async fn plan(&mut self) -> Result<PlanReport> {
         inspect::plan(self).await
@@ -277,7 +278,7 @@ impl Backend for MyBackend {
             None => shadow::create(self).await?,
         }
         tail::start(self).await?;
-        let copier = self.session("copy").await?;
+        let copier = self.session("chunks").await?;
         self.copier = Some(copier);
         Ok(())
     }
@@ -290,20 +291,13 @@ impl Backend for MyBackend {
         copy::chunk_end(self, after, rows).await
     }
 
-    async fn copy_chunk(
-        &mut self,
-        after: Option<&Key>,
-        upto: Option<&Key>,
-        discarded: &[u64],
-        _again: bool,
-    ) -> Result<u64> {
-        // REPLACE … SELECT replaces whatever an earlier try of the chunk committed.
-        copy::copy_chunk(self, after, upto, discarded).await
+    async fn reopen_copier(&mut self) -> Result<()> {
+        self.copier = Some(self.session("chunks").await?);
+        Ok(())
     }
 
-    async fn reopen_copier(&mut self) -> Result<()> {
-        self.copier = Some(self.session("copy").await?);
-        Ok(())
+    async fn open_copier(&mut self, _slot: usize) -> Result<copy::MyCopier> {
+        copy::MyCopier::open(self).await
     }
 
     fn check_tail(&self) -> Result<()> {

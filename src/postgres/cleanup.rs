@@ -66,15 +66,15 @@ pub async fn after_run(b: &mut PgBackend, succeeded: bool, keep_shadow: bool) ->
         client
             .execute(
                 "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid",
-                &[&b.pids],
+                &[&b.pids.list()],
             )
             .await
             .ctx("ending the run's sessions")?;
     }
     drop_slot(&client, &names.slot).await?;
     // The origin is there only if this run or the one it resumed took the origin path.
-    if origin::exists(&client, &names.origin).await? {
-        origin::drop(&client, &names.origin).await?;
+    for name in origin::existing(&client, &names.origin).await? {
+        origin::drop(&client, &name).await?;
     }
     if b.created_state {
         state::drop(&client, &names).await?;
@@ -189,11 +189,11 @@ pub async fn cleanup_leftovers(
             None => format!("table {} (no checkpoint)", names.state_q()),
         });
     }
-    if origin::exists(&client, &names.origin).await? {
+    for name in origin::existing(&client, &names.origin).await? {
         if remove {
-            origin::drop(&client, &names.origin).await?;
+            origin::drop(&client, &name).await?;
         }
-        found.push(format!("replication origin {}", names.origin));
+        found.push(format!("replication origin {name}"));
     }
     let publications: i64 = client
         .query_one(

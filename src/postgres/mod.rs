@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::control::Steering;
 use crate::engine::backend::{
-    Attempt, Backend, Blocker, ChunkCheck, KeyRange, PlanReport, Repair, Shared,
+    Attempt, Backend, Blocker, ChunkCheck, KeyRange, PlanReport, Repair, Sessions, Shared,
 };
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::plan::{parse_alter, AlterSpec};
@@ -118,7 +118,7 @@ pub struct PgBackend {
     alter: AlterSpec,
     ctl: Client,
     /// Backend pids of our sessions, to end them if the run is interrupted.
-    pids: Vec<i32>,
+    pids: Sessions<i32>,
     progress: Arc<Progress>,
     watermark: Arc<Watermark>,
     steering: Arc<Steering>,
@@ -168,7 +168,7 @@ impl PgBackend {
             opts,
             alter,
             ctl,
-            pids: vec![pid],
+            pids: Sessions::new(pid),
             progress: shared.progress,
             watermark: shared.watermark,
             steering: shared.steering,
@@ -242,6 +242,7 @@ fn has_url_password(dsn: &str) -> bool {
 
 impl Backend for PgBackend {
     type Probe = probe::PgProbe;
+    type Copier = copy::PgCopier;
 
     async fn plan(&mut self) -> Result<PlanReport> {
         inspect::plan(self).await
@@ -261,9 +262,6 @@ impl Backend for PgBackend {
                 shadow::create(self).await?;
             }
         }
-        if self.copy_origin {
-            origin::create(&self.ctl, &self.names()?.origin).await?;
-        }
         tail::start(self).await?;
         self.reopen_copier().await
     }
@@ -276,24 +274,15 @@ impl Backend for PgBackend {
         copy::chunk_end(self, after, rows).await
     }
 
-    async fn copy_chunk(
-        &mut self,
-        after: Option<&Key>,
-        upto: Option<&Key>,
-        discarded: &[u64],
-        again: bool,
-    ) -> Result<u64> {
-        copy::copy_chunk(self, after, upto, discarded, again).await
-    }
-
     async fn reopen_copier(&mut self) -> Result<()> {
-        let (copier, pid) = self.target.connect("copy").await?;
+        let (copier, pid) = self.target.connect("chunks").await?;
         self.pids.push(pid);
-        if self.copy_origin {
-            origin::tag(&copier, &self.names()?.origin).await?;
-        }
         self.copier = Some(copier);
         Ok(())
+    }
+
+    async fn open_copier(&mut self, slot: usize) -> Result<copy::PgCopier> {
+        copy::PgCopier::open(self, slot).await
     }
 
     fn check_tail(&self) -> Result<()> {
@@ -323,7 +312,7 @@ impl Backend for PgBackend {
                  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'relation' AND l.relation = $1 AND l.granted
                    AND NOT a.pid = ANY($2)",
-                &[&oid, &self.pids],
+                &[&oid, &self.pids.list()],
             )
             .await
             .ctx("listing the sessions that hold locks on the table")?;

@@ -37,7 +37,7 @@ pub async fn usable(
                 AND has_function_privilege('pg_replication_origin_drop(text)', 'EXECUTE'),
                 EXISTS (SELECT 1 FROM pg_subscription_rel WHERE srrelid = $1),
                 (SELECT string_agg(roname, ', ' ORDER BY roname) FROM pg_replication_origin
-                 WHERE roname !~ '^swivel_[0-9]+$')",
+                 WHERE roname !~ '^swivel_[0-9]+(_[0-9]+)?$')",
             &[&oid],
         )
         .await
@@ -92,16 +92,29 @@ pub async fn tag(client: &Client, name: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// Whether the origin exists (a run made it, perhaps one that was interrupted).
-pub async fn exists(client: &Client, name: &str) -> Result<bool> {
+/// The origin of copier number `slot`: one session at a time may hold an origin, so each
+/// copier has its own, named after the run's.
+pub fn for_copier(base: &str, slot: usize) -> String {
+    match slot {
+        0 => base.to_string(),
+        n => format!("{base}_{n}"),
+    }
+}
+
+/// The run's origins that exist (a run made them, perhaps one that was interrupted).
+pub async fn existing(client: &Client, base: &str) -> Result<Vec<String>> {
     Ok(client
-        .query_opt(
-            "SELECT 1 FROM pg_replication_origin WHERE roname = $1::text",
-            &[&name],
+        .query(
+            "SELECT roname FROM pg_replication_origin
+             WHERE roname = $1::text OR roname ~ ('^' || $1::text || '_[0-9]+$')
+             ORDER BY roname",
+            &[&base],
         )
         .await
-        .ctx("looking for the copy's replication origin")?
-        .is_some())
+        .ctx("looking for the copy's replication origins")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Drop the origin (callers look with `exists` first: a role without the origin functions
