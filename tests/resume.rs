@@ -25,6 +25,9 @@ fn run_to_end(args: &[String], dir: &Path, name: &str) -> (bool, String) {
 enum Kill {
     /// Once it has copied some chunks.
     MidCopy,
+    /// Likewise, four copiers at once (and four again on resume): chunks committed above a
+    /// gap are copied again.
+    MidCopyFourThreads,
     /// Copied and caught up, its cut-over postponed.
     CatchUp,
     /// While a cut-over attempt waits for its lock behind an open transaction.
@@ -93,6 +96,14 @@ async fn killed_then_resumed(server: Server, when: Kill) {
     let mut blocker = None;
     match when {
         Kill::MidCopy => extra.extend(["--max-rows-per-second", "5000"]),
+        Kill::MidCopyFourThreads => extra.extend([
+            "--max-rows-per-second",
+            "5000",
+            "--threads",
+            "4",
+            "--chunk-size",
+            "200",
+        ]),
         Kill::CatchUp => {
             std::fs::write(&flag, "").unwrap();
             extra.extend(["--postpone-cut-over-flag-file", flag.to_str().unwrap()]);
@@ -108,7 +119,7 @@ async fn killed_then_resumed(server: Server, when: Kill) {
     }
     let mut first = common::swivel(&run(&extra, alter), &dir, "first");
     match when {
-        Kill::MidCopy => {
+        Kill::MidCopy | Kill::MidCopyFourThreads => {
             wait_status(&socket, 60, "25,000 rows copied", |s| {
                 s["rows_copied"].as_u64() >= Some(25_000)
             })
@@ -198,7 +209,11 @@ async fn killed_then_resumed(server: Server, when: Kill) {
         assert!(said.contains("same ALTER"), "{server:?}: {said}");
     }
 
-    let (ok, said) = until_dead(run(&["--execute", "--resume"], alter), "resume").await;
+    let resume: &[&str] = match when {
+        Kill::MidCopyFourThreads => &["--execute", "--resume", "--threads", "4"],
+        _ => &["--execute", "--resume"],
+    };
+    let (ok, said) = until_dead(run(resume, alter), "resume").await;
     assert!(ok, "{server:?}, {when:?}: the resume failed: {said}");
     stop.store(true, Relaxed);
     let writes = writes.await.unwrap();
@@ -213,7 +228,7 @@ async fn killed_then_resumed(server: Server, when: Kill) {
         resumed_at > 0,
         "{server:?}: the resume went on after the copied rows, not from the first: {said}"
     );
-    if when != Kill::MidCopy {
+    if !matches!(when, Kill::MidCopy | Kill::MidCopyFourThreads) {
         assert!(
             said.contains("(the copy is done)"),
             "{server:?}, {when:?}: the resume copies nothing again: {said}"
@@ -263,6 +278,16 @@ async fn postgres_run_killed_mid_copy_resumes_from_its_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_run_killed_mid_copy_resumes_from_its_checkpoint() {
     killed_then_resumed(Server::MariaDb, Kill::MidCopy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_run_with_four_threads_killed_mid_copy_resumes() {
+    killed_then_resumed(Server::Postgres, Kill::MidCopyFourThreads).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_run_with_four_threads_killed_mid_copy_resumes() {
+    killed_then_resumed(Server::MariaDb, Kill::MidCopyFourThreads).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
