@@ -178,11 +178,7 @@ pub async fn copy_table<B: Backend>(
                     &mut running,
                     &mut ended,
                 )
-                .await;
-                let upto = match upto {
-                    Ok(upto) => upto,
-                    Err(e) => return Err(e),
-                };
+                .await?;
                 next = upto.clone().map(Some);
                 Job {
                     after,

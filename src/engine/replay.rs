@@ -251,6 +251,31 @@ mod tests {
     }
 
     #[test]
+    fn chunks_committed_out_of_order_release_in_stream_order() {
+        let w = Arc::new(Watermark::new());
+        let mut r = Router::new(w.clone());
+        w.begin_chunk(None, Some(k(10)));
+        w.begin_chunk(Some(k(10)), Some(k(20)));
+        r.route(&k(5), "first chunk", 1);
+        r.route(&k(15), "second chunk", 2);
+        w.commit_chunk(&Some(k(10)), &[]);
+        r.release_held();
+        assert!(
+            r.batch().is_empty(),
+            "the second chunk committed, but its change waits behind the first's"
+        );
+        r.route(&k(25), "above every chunk", 3);
+        w.commit_chunk(&None, &[]);
+        r.release_held();
+        assert_eq!(r.batch(), ["first chunk", "second chunk"]);
+        assert_eq!(
+            w.begin_chunk(Some(k(20)), None),
+            vec![3],
+            "the chunk that reads the discarded key must see its transaction"
+        );
+    }
+
+    #[test]
     fn a_chunk_given_up_discards_its_held_changes_and_applies_the_rest() {
         let w = Arc::new(Watermark::new());
         w.begin_chunk(None, Some(k(10)));
