@@ -177,6 +177,9 @@ enum Fault {
     /// Kill the copy's session three times mid-copy: each time the chunk is copied again on a
     /// new session (`--default-retries`), the run goes on.
     KillCopier,
+    /// PostgreSQL: end the session that finds where chunks end three times mid-copy: it is
+    /// opened again and the copy goes on.
+    KillChunkFinder,
     /// Kill the applier's session three times while it replays: each batch is applied again on
     /// a new session.
     KillApplier,
@@ -437,6 +440,26 @@ async fn kill_copier(server: Server, table: String, stop: Arc<AtomicBool>) -> bo
     kill_repeatedly(&mut db, server, &find, &stop, 3, Duration::from_millis(300)).await
 }
 
+/// End the session that finds the chunks' ends three times mid-copy (idle between its queries,
+/// mostly); true if it did.
+async fn kill_chunk_finder(table: String, stop: Arc<AtomicBool>) -> bool {
+    let mut db = Db::connect(Server::Postgres).await;
+    // Its last query names the table, which keeps other tests' runs out.
+    let find = format!(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'swivel-chunks' \
+         AND query LIKE '%{table}%'"
+    );
+    kill_repeatedly(
+        &mut db,
+        Server::Postgres,
+        &find,
+        &stop,
+        3,
+        Duration::from_millis(300),
+    )
+    .await
+}
+
 /// Throttle and release the run every 150ms through its control socket; true if it did.
 async fn toggle_throttle(socket: std::path::PathBuf, stop: Arc<AtomicBool>) -> bool {
     let mut toggles = 0;
@@ -581,6 +604,13 @@ async fn run_model_threads(server: Server, seed: u64, rows: i64, fault: Fault, t
                 server,
                 table.clone(),
                 before,
+                killer_stop.clone(),
+            )))
+        }
+        Fault::KillChunkFinder => {
+            opts.max_rows_per_second = Some(5000);
+            Some(tokio::spawn(kill_chunk_finder(
+                table.clone(),
                 killer_stop.clone(),
             )))
         }
@@ -781,6 +811,11 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn four_threads_copy_sessions_killed() {
         run_model_threads(Server::Postgres, 24, 20_000, Fault::KillCopier, 4).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn four_threads_chunk_session_killed() {
+        run_model_threads(Server::Postgres, 25, 20_000, Fault::KillChunkFinder, 4).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
