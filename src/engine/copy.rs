@@ -67,9 +67,9 @@ struct Job {
 struct Ended<C> {
     copier: C,
     job: Job,
-    rows: u64,
     took: Duration,
-    result: Result<()>,
+    /// The rows copied.
+    result: Result<u64>,
 }
 
 /// Copy the whole table with `--threads` copiers, publishing each chunk's range through the
@@ -110,9 +110,9 @@ pub async fn copy_table<B: Backend>(
         for e in ended.drain(..) {
             free.push(e.copier);
             match e.result {
-                Ok(()) => {
+                Ok(rows) => {
                     if steering.knobs().chunk_size.is_none() {
-                        tuner.observe(e.rows, e.took);
+                        tuner.observe(rows, e.took);
                     }
                 }
                 Err(err) if e.job.collisions < UNIQUE_RETRIES && is_collision(&err) => {
@@ -286,11 +286,10 @@ async fn copy_one<C: Copier>(
         }
     };
     let took = started.elapsed();
-    let rows = *result.as_ref().unwrap_or(&0);
     match &result {
-        Ok(_) => {
+        Ok(rows) => {
             shared.watermark.commit_chunk(&job.after, &discarded);
-            shared.progress.rows_copied.fetch_add(rows, Relaxed);
+            shared.progress.rows_copied.fetch_add(*rows, Relaxed);
         }
         Err(e) if is_collision(e) => shared.watermark.abandon_chunk(&job.after),
         Err(_) => {}
@@ -301,9 +300,8 @@ async fn copy_one<C: Copier>(
     Ended {
         copier,
         job,
-        rows,
         took,
-        result: result.map(|_| ()),
+        result,
     }
 }
 

@@ -13,8 +13,6 @@
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Value};
 
-use std::sync::Arc;
-
 use super::conn::MyTarget;
 use super::values::{key_param, key_part};
 use super::{quote_ident, MyBackend};
@@ -113,7 +111,7 @@ pub struct MyCopier {
     conn: Conn,
     target: MyTarget,
     conn_ids: Sessions<u32>,
-    sql: Arc<ChunkSql>,
+    sql: ChunkSql,
 }
 
 /// What every copier needs of the run.
@@ -149,7 +147,7 @@ impl MyCopier {
             conn,
             target: b.target.clone(),
             conn_ids: b.conn_ids.clone(),
-            sql: Arc::new(sql),
+            sql,
         })
     }
 }

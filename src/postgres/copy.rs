@@ -8,7 +8,6 @@
 //! reads it again (`engine::copy`). (It also spares the speculative insertion that
 //! `ON CONFLICT` costs per row: 1.5x on the bench's chunks.)
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -139,7 +138,7 @@ pub struct PgCopier {
     target: PgTarget,
     origin: Option<String>,
     pids: Sessions<i32>,
-    sql: Arc<ChunkSql>,
+    sql: ChunkSql,
 }
 
 impl PgCopier {
@@ -175,7 +174,7 @@ impl PgCopier {
             target: b.target.clone(),
             origin,
             pids: b.pids.clone(),
-            sql: Arc::new(sql),
+            sql,
         };
         copier.tag().await?;
         Ok(copier)
